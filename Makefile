@@ -1,0 +1,31 @@
+# Two entry points on a fresh machine: `make demo` and `make test`.
+# Both create .venv, install CPU torch first (a plain `torch` requirement
+# would pull a multi-GB CUDA build), then the project from pyproject.toml.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: venv install install-test demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/pip install "$(TORCH_SPEC)"
+
+venv: $(BIN)/python
+
+install: venv
+	$(BIN)/pip install -c constraints.txt -e ".[demo]"
+
+install-test: venv
+	$(BIN)/pip install -c constraints.txt -e ".[demo,test]"
+
+demo: install
+	$(BIN)/fleximo run workflows/jobs/demo_s2_18svg.yaml
+
+test: install-test
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) outputs
