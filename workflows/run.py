@@ -1,0 +1,254 @@
+"""The regional mapping workflow: search, plan, ingest, infer, mosaic.
+
+Each stage is a Dask workload on the job's cluster and records itself in the
+run manifest, so ``fleximo run JOB --resume`` continues a stopped job and a
+finished stage is not run twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import distributed
+
+from cluster import load_profile, start_cluster
+from pipeline import layout
+from pipeline.exports import export_cogs, write_quicklooks
+from pipeline.inference import InferenceOptions, run_inference
+from pipeline.ingest import load_observation, write_input_cube
+from pipeline.manifest import Manifest
+from pipeline.mosaic import MosaicOptions, build_mosaic
+from pipeline.stac_output import write_output_item
+from pipeline.stores import join_url
+from workflows.jobspec import JobSpec
+from workflows.plan import RunPlan, make_plan
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+"""Callback ``(stage, done, total)`` that the CLI turns into progress bars."""
+
+STAGES = ("ingest", "infer", "mosaic")
+
+
+@dataclasses.dataclass
+class RunSummary:
+    """What a finished run did, for the closing summary and for tests."""
+
+    job: str
+    scenes: int
+    observations: int
+    area_km2: float
+    tiles: int
+    tiles_skipped: int
+    stage_seconds: dict[str, float]
+    outputs: dict[str, str]
+    seeded_random_products: list[str]
+    skipped_stages: list[str]
+
+    @property
+    def tiles_per_second(self) -> float:
+        seconds = self.stage_seconds.get("infer", 0.0)
+        return self.tiles / seconds if seconds > 0 else 0.0
+
+
+def provenance(plan: RunPlan) -> dict[str, Any]:
+    """Return the provenance attributes recorded in the output store."""
+    return {
+        "software": {
+            "fleximo-pipeline": version("fleximo-pipeline"),
+            "torch": version("torch"),
+            "dask": version("dask"),
+            "xarray": version("xarray"),
+            "zarr": version("zarr"),
+            "python": platform.python_version(),
+        },
+        "models": {
+            product: {
+                "card": card.name,
+                "fingerprint": card.fingerprint(),
+                "weights": str(card.weights),
+                "card_path": str(plan.card_paths[product]),
+            }
+            for product, card in plan.cards.items()
+        },
+        "input_items": sorted(scene.item_id for obs in plan.observations for scene in obs.scenes),
+        "job": json.loads(plan.job.model_dump_json()),
+    }
+
+
+def seeded_random_products(plan: RunPlan) -> list[str]:
+    """Return the products whose model has seeded-random weights, not trained ones."""
+    return [product for product, card in plan.cards.items() if str(card.weights) == "seeded-random"]
+
+
+def _ingest(plan: RunPlan, client: distributed.Client, manifest: Manifest, progress: Progress | None) -> None:
+    total = len(plan.observations)
+    for index, observation in enumerate(plan.observations):
+        if plan.job.resume and manifest.is_done("ingest", observation.observation_id):
+            logger.info("ingest: %s already done, skipped", observation.observation_id)
+        else:
+            dataset = load_observation(
+                observation.scenes, plan.geobox, chunk_px=plan.job.tiling.block_px
+            )
+            write_input_cube(dataset, plan.cube_url(observation), client=client)
+            manifest.mark_done("ingest", observation.observation_id)
+        if progress:
+            progress("ingest", index + 1, total)
+
+
+def _infer(
+    plan: RunPlan, client: distributed.Client, manifest: Manifest, progress: Progress | None
+) -> tuple[int, int]:
+    tiling = plan.job.tiling
+    options = InferenceOptions(
+        overlap_px=tiling.overlap_px,
+        block_px=tiling.block_px,
+        batch_size=tiling.batch_size,
+        precision=tiling.precision,
+        patch_size_override=tiling.patch_size,
+    )
+    tiles_run = tiles_skipped = 0
+    for observation in plan.observations:
+        if plan.job.resume and manifest.is_done("infer", observation.observation_id):
+            logger.info("infer: %s already done, skipped", observation.observation_id)
+            continue
+
+        def report(done: int, total: int, _obs: str = observation.observation_id) -> None:
+            if progress:
+                progress(f"infer {_obs}", done, total)
+
+        result = run_inference(
+            client,
+            plan.cube_url(observation),
+            plan.prediction_url(observation),
+            [plan.card_paths[product] for product in plan.cards],
+            options,
+            manifest_url=plan.job.output_root if plan.job.resume else None,
+            progress=report,
+        )
+        tiles_run += result.tiles_run
+        tiles_skipped += result.tiles_skipped
+        manifest.mark_done("infer", observation.observation_id)
+    return tiles_run, tiles_skipped
+
+
+def _mosaic(plan: RunPlan, client: distributed.Client) -> dict[str, str]:
+    job = plan.job
+    legend = plan.cards["landcover"].classes if "landcover" in plan.cards else []
+    options = MosaicOptions(method=job.mosaic.method, cloud_threshold_pct=job.mosaic.cloud_threshold_pct)
+    build_mosaic(
+        [plan.prediction_url(observation) for observation in plan.observations],
+        plan.mosaic_url,
+        legend=legend,
+        provenance=provenance(plan),
+        options=options,
+        client=client,
+    )
+    outputs = {"mosaic": plan.mosaic_url}
+
+    exports: dict[str, Path] = {}
+    if "://" in job.output_root:
+        logger.warning("COG and quicklook exports are written locally only; skipped for %s", job.output_root)
+    else:
+        export_dir = Path(job.output_root) / "exports"
+        if job.mosaic.export_cog:
+            exports.update(export_cogs(plan.mosaic_url, export_dir))
+        if job.mosaic.quicklook:
+            exports.update(write_quicklooks(plan.mosaic_url, export_dir))
+        item_path = Path(job.output_root) / "mosaic.stac.json"
+        input_items = [scene.item_id for obs in plan.observations for scene in obs.scenes]
+        write_output_item(plan.mosaic_url, item_path, input_items=input_items, exports=exports)
+        outputs["stac_item"] = str(item_path)
+    outputs.update({name: str(path) for name, path in exports.items()})
+    return outputs
+
+
+def run_job(
+    job: JobSpec,
+    *,
+    plan: RunPlan | None = None,
+    stop_after: str | None = None,
+    client: distributed.Client | None = None,
+    progress: Progress | None = None,
+    on_cluster: Callable[[distributed.Client], None] | None = None,
+) -> RunSummary:
+    """Run a job from search to mosaic and return its summary.
+
+    Parameters
+    ----------
+    job
+        The validated job.
+    plan
+        A plan made earlier with :func:`workflows.plan.make_plan`; made here when ``None``.
+    stop_after
+        Stop after this stage (``"ingest"``, ``"infer"``), leaving a resumable run.
+    client
+        An existing Dask client; by default the job's cluster profile is started
+        and closed again at the end.
+    progress
+        Callback ``(stage, done, total)``.
+    on_cluster
+        Called with the client once the cluster is up (the CLI prints the dashboard address).
+    """
+    if stop_after is not None and stop_after not in STAGES:
+        raise ValueError(f"stop_after={stop_after!r} is not a stage; expected one of {', '.join(STAGES)}")
+    plan = plan or make_plan(job)
+    manifest = Manifest.open(job.output_root)
+    manifest.record_plan(plan.summary(), provenance(plan))
+    for product in seeded_random_products(plan):
+        logger.warning(
+            "product %s uses seeded-random weights (card %s): the map shows the pipeline working, "
+            "not real classes; pass a trained checkpoint's card for a real map",
+            product, plan.cards[product].name,
+        )
+
+    if client is None:
+        with start_cluster(load_profile(job.cluster)) as own_client:
+            return run_job(job, plan=plan, stop_after=stop_after, client=own_client, progress=progress, on_cluster=on_cluster)
+    if on_cluster:
+        on_cluster(client)
+
+    seconds: dict[str, float] = {}
+    skipped: list[str] = []
+    tiles = tiles_skipped = 0
+    outputs: dict[str, str] = {"inputs": join_url(job.output_root, layout.INPUTS_DIR)}
+
+    start = time.perf_counter()
+    _ingest(plan, client, manifest, progress)
+    seconds["ingest"] = time.perf_counter() - start
+
+    if stop_after != "ingest":
+        start = time.perf_counter()
+        tiles, tiles_skipped = _infer(plan, client, manifest, progress)
+        seconds["infer"] = time.perf_counter() - start
+        outputs["predictions"] = join_url(job.output_root, layout.PREDICTIONS_DIR)
+
+    if stop_after is None:
+        start = time.perf_counter()
+        outputs.update(_mosaic(plan, client))
+        seconds["mosaic"] = time.perf_counter() - start
+        manifest.mark_done("mosaic", "all")
+    else:
+        skipped = [stage for stage in STAGES if STAGES.index(stage) > STAGES.index(stop_after)]
+
+    return RunSummary(
+        job=job.name,
+        scenes=sum(len(obs.scenes) for obs in plan.observations),
+        observations=len(plan.observations),
+        area_km2=plan.area_km2,
+        tiles=tiles,
+        tiles_skipped=tiles_skipped,
+        stage_seconds=seconds,
+        outputs=outputs,
+        seeded_random_products=seeded_random_products(plan),
+        skipped_stages=skipped,
+    )
