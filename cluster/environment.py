@@ -1,0 +1,142 @@
+"""Environment that every worker process starts with, and the torch thread count.
+
+All backends start workers with the same settings: BLAS/OpenMP threads matched
+to the worker's share of cores, GDAL and fsspec settings for reads from object
+storage and HTTP, and the worker's core count, so that a task can size torch's
+thread pool from inside the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+
+from distributed import Worker, get_worker
+
+WORKER_CORES_VARIABLE = "FLEXIMO_WORKER_CORES"
+"""Environment variable with the number of CPU cores a worker process may use."""
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+"""Thread-count variables of OpenMP, MKL and OpenBLAS, set to the per-task share."""
+
+_GDAL_CACHE_FRACTION = 0.05
+_GDAL_CACHE_MIN_MB = 64
+_GDAL_CACHE_MAX_MB = 1024
+
+# Reads of COGs and JPEG2000 over HTTP or S3: skip directory listings on open,
+# merge neighbouring byte ranges into one request, keep a per-file block
+# cache and retry transient HTTP errors (GDAL configuration options, GDAL 3.10).
+CLOUD_READ_ENVIRONMENT: dict[str, str] = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "GDAL_HTTP_MULTIRANGE": "YES",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MAX_RETRY": "5",
+    "GDAL_HTTP_RETRY_DELAY": "1",
+    "GDAL_INGESTED_BYTES_AT_OPEN": "32768",
+    "VSI_CACHE": "TRUE",
+    "VSI_CACHE_SIZE": str(32 * 2**20),
+    "CPL_VSIL_CURL_CACHE_SIZE": str(128 * 2**20),
+    # fsspec reads FSSPEC_<PROTOCOL> as JSON default arguments of that file
+    # system: 8 MiB read blocks instead of s3fs' 50 MiB, which would fetch
+    # far more than one Zarr chunk or COG tile per random read.
+    "FSSPEC_S3": json.dumps({"default_block_size": 8 * 2**20}),
+}
+
+
+def torch_threads_per_task(worker_cores: int, threads_per_worker: int) -> int:
+    """Return the torch intra-op thread count for each task thread of a worker.
+
+    A worker runs ``threads_per_worker`` tasks at once, so each task gets an
+    equal share of the worker's cores, and at least one thread.
+    """
+    return max(1, worker_cores // max(1, threads_per_worker))
+
+
+def gdal_cache_mb(memory_limit_bytes: int | None) -> int:
+    """Return a GDAL block cache size (MB) of about 5 % of the worker memory limit."""
+    if not memory_limit_bytes:
+        return 256
+    size_mb = int(memory_limit_bytes * _GDAL_CACHE_FRACTION / 2**20)
+    return min(_GDAL_CACHE_MAX_MB, max(_GDAL_CACHE_MIN_MB, size_mb))
+
+
+def worker_environment(
+    *,
+    worker_cores: int,
+    threads_per_worker: int,
+    memory_limit_bytes: int | None,
+    overrides: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Build the environment variables a worker process starts with.
+
+    Parameters
+    ----------
+    worker_cores
+        CPU cores the worker process may use.
+    threads_per_worker
+        Task threads of the worker (Dask ``nthreads``).
+    memory_limit_bytes
+        Worker memory limit in bytes, or None where the worker has none; sizes
+        the GDAL block cache.
+    overrides
+        Variables from the profile's ``environment``; they replace the defaults.
+
+    Returns
+    -------
+    dict of str to str
+        Variable name to value, ready for a job script, a pod spec or a nanny.
+    """
+    threads = str(torch_threads_per_task(worker_cores, threads_per_worker))
+    environment = {name: threads for name in THREAD_VARIABLES}
+    environment[WORKER_CORES_VARIABLE] = str(worker_cores)
+    environment["GDAL_CACHEMAX"] = str(gdal_cache_mb(memory_limit_bytes))
+    environment.update(CLOUD_READ_ENVIRONMENT)
+    environment.update(overrides or {})
+    return environment
+
+
+def torch_threads_for_worker(worker: Worker) -> int:
+    """Return the torch thread count a task on ``worker`` should use.
+
+    Call it inside the task and pass the result to ``torch.set_num_threads``:
+    torch keeps the thread count per calling thread, and Dask starts workers
+    with ``OMP_NUM_THREADS=1``, so setting it once per worker does not reach the
+    task threads.
+
+    The worker's cores come from ``FLEXIMO_WORKER_CORES``, which every backend
+    of this package sets. A worker started some other way is assumed to own
+    one core per task thread, Dask's default layout, and gets one thread.
+
+    Raises
+    ------
+    ValueError
+        If ``FLEXIMO_WORKER_CORES`` is set but is not a positive integer.
+    """
+    threads_per_worker = worker.state.nthreads
+    raw_cores = os.environ.get(WORKER_CORES_VARIABLE)
+    if raw_cores is None:
+        return 1
+
+    try:
+        worker_cores = int(raw_cores)
+    except ValueError:
+        worker_cores = 0
+    if worker_cores < 1:
+        raise ValueError(
+            f"{WORKER_CORES_VARIABLE}={raw_cores!r} on worker {worker.address} is not a "
+            "positive integer; set it to the number of CPU cores the worker may use "
+            "or unset it."
+        )
+    return torch_threads_per_task(worker_cores, threads_per_worker)
+
+
+def worker_threads() -> int:
+    """Return :func:`torch_threads_for_worker` for the worker running this task.
+
+    Raises
+    ------
+    ValueError
+        If called outside a Dask worker.
+    """
+    return torch_threads_for_worker(get_worker())
