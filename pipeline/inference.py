@@ -1,0 +1,398 @@
+"""Inference stage: input cube -> per-scene land-cover and cloud predictions on a Dask cluster.
+
+For each model card the scene is tiled with a patch size matched to its GSD
+(:mod:`pipeline.tiling`) and split into blocks. Per block, three kinds of
+task run (:mod:`pipeline.blocks`):
+
+1. ``read``: the block plus the reach of its tiles, from the Zarr cube, on
+   any worker (no resource), so the next block's I/O overlaps this block's
+   model time;
+2. ``predict``: the block's own tiles through the model, blended into
+   integer sums; it asks for ``GPU=1`` when the workers advertise GPUs;
+3. ``write``: the block's own sums plus what the tiles of its upper and left
+   neighbours contribute, turned into uint8 outputs and written into the
+   prediction store as a chunk-aligned region, then marked done.
+
+Each tile is run once. Blocks are submitted as explicit futures in row-major
+order, a few at a time, so memory stays flat whatever the scene size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import distributed
+
+from pipeline import layout
+from pipeline.blocks import (
+    BlockResult,
+    CardJob,
+    CubeInfo,
+    overlap_into,
+    predict_block,
+    prediction_stats,
+    read_block,
+    write_block,
+)
+from pipeline.manifest import Manifest
+from pipeline.prediction_store import create_prediction_store, open_cube
+from pipeline.tiling import choose_patch_size, plan_blocks, tile_grid
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceOptions:
+    """Settings of the inference stage.
+
+    Attributes
+    ----------
+    overlap_px
+        Overlap of neighbouring tiles in pixels; ``None`` uses ``overlap_fraction``.
+    overlap_fraction
+        Overlap as a fraction of the tile side (0 to 0.5), used when ``overlap_px`` is ``None``.
+    block_px
+        Side of one block task in pixels; raised to at least one tile and to a
+        multiple of ``chunk_px``.
+    chunk_px
+        Chunk side of the prediction store in pixels.
+    batch_size
+        Tiles per model call (halved on CUDA out-of-memory).
+    precision
+        ``"float32"``, or ``"bfloat16"`` for autocast.
+    patch_size_override
+        Patch size in pixels instead of the resolution-matched one.
+    threads_per_worker
+        Torch threads per model task on CPU workers; ``None`` gives each worker
+        process its share of the host's cores.
+    blocks_in_flight
+        Blocks submitted ahead per model slot (worker, or GPU); bounds memory.
+    min_patch, max_patch
+        Range the resolution-matched patch size is clamped to, in pixels.
+    """
+
+    overlap_px: int | None = None
+    overlap_fraction: float = 0.25
+    block_px: int = 1024
+    chunk_px: int = 512
+    batch_size: int = 8
+    precision: Literal["float32", "bfloat16"] = "float32"
+    patch_size_override: int | None = None
+    threads_per_worker: int | None = None
+    blocks_in_flight: int = 2
+    min_patch: int = 4
+    max_patch: int = 64
+
+    def __post_init__(self) -> None:
+        if self.overlap_px is not None and self.overlap_px < 0:
+            raise ValueError(f"overlap_px must be >= 0, got {self.overlap_px}")
+        if not 0.0 <= self.overlap_fraction <= 0.5:
+            raise ValueError(f"overlap_fraction must be in [0, 0.5], got {self.overlap_fraction}")
+        for name in ("block_px", "chunk_px", "batch_size", "blocks_in_flight"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision {self.precision!r} is not supported; use 'float32' or 'bfloat16'")
+        if self.threads_per_worker is not None and self.threads_per_worker < 1:
+            raise ValueError(f"threads_per_worker must be at least 1 or None, got {self.threads_per_worker}")
+
+    def overlap_for(self, tile_px: int) -> int:
+        """Return the overlap in pixels for tiles of ``tile_px``."""
+        if self.overlap_px is not None:
+            return self.overlap_px
+        return int(round(self.overlap_fraction * tile_px))
+
+
+@dataclasses.dataclass(frozen=True)
+class CardReport:
+    """What the stage did with one model card."""
+
+    card: str
+    task: str
+    patch_px: int
+    tile_px: int
+    overlap_px: int
+    block_px: int
+    blocks_written: int
+    blocks_skipped: int
+    tiles_run: int
+    tiles_skipped: int
+    model_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceReport:
+    """What :func:`run_inference` did.
+
+    ``tiles_skipped`` counts tiles that were entirely nodata (no model call);
+    ``blocks_skipped`` counts blocks already done in an earlier run.
+    """
+
+    cards: tuple[CardReport, ...]
+    seconds: float
+
+    @property
+    def blocks_done(self) -> int:
+        return sum(card.blocks_written for card in self.cards)
+
+    @property
+    def blocks_skipped(self) -> int:
+        return sum(card.blocks_skipped for card in self.cards)
+
+    @property
+    def tiles_run(self) -> int:
+        return sum(card.tiles_run for card in self.cards)
+
+    @property
+    def tiles_skipped(self) -> int:
+        return sum(card.tiles_skipped for card in self.cards)
+
+    @property
+    def model_seconds(self) -> float:
+        return sum(card.model_seconds for card in self.cards)
+
+
+def _load_cards(cards: Sequence[Any]) -> list[Any]:
+    loaded = []
+    for card in cards:
+        if isinstance(card, (str, os.PathLike)):
+            from pipeline.model import load_card
+
+            card = load_card(Path(card))
+        loaded.append(card)
+    tasks = [card.task for card in loaded]
+    for task in set(tasks):
+        if tasks.count(task) > 1:
+            raise ValueError(f"{tasks.count(task)} cards have task {task!r}; pass one card per product")
+    for card in loaded:
+        if card.task not in ("landcover", "cloud"):
+            raise ValueError(f"card {card.name!r} has task {card.task!r}; expected 'landcover' or 'cloud'")
+        if card.task == "cloud" and len(card.classes) > 1 and "cloud" not in card.classes:
+            raise ValueError(
+                f"cloud card {card.name!r} has no class named 'cloud' among {list(card.classes)}"
+            )
+    return loaded
+
+
+def _token_grid(card: Any) -> int:
+    grid = card.token_grid
+    if isinstance(grid, int):
+        return grid
+    rows, cols = grid
+    if rows != cols:
+        raise ValueError(f"card {card.name!r} has a non-square token grid {grid}; only square tiles are supported")
+    return int(rows)
+
+
+def _cluster_layout(client: distributed.Client, options: InferenceOptions) -> tuple[bool, int, int | None]:
+    """Return (workers advertise GPUs, model slots, torch threads per CPU worker)."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    if not workers:
+        raise RuntimeError("the Dask cluster has no workers; start workers before running inference")
+    gpus = sum(int(info.get("resources", {}).get("GPU", 0)) for info in workers.values())
+    if options.threads_per_worker is not None:
+        threads = options.threads_per_worker
+    else:
+        cores_by_host = client.run(lambda: len(os.sched_getaffinity(0)))
+        hosts: dict[str, int] = {}
+        for address in workers:
+            host = distributed.comm.get_address_host(address)
+            hosts[host] = hosts.get(host, 0) + 1
+        shares = [
+            max(1, cores // hosts[distributed.comm.get_address_host(address)])
+            for address, cores in cores_by_host.items()
+        ]
+        threads = min(shares)
+    return gpus > 0, (gpus if gpus else len(workers)), threads
+
+
+def _manifest_url(manifest_url: str | None) -> str | None:
+    if manifest_url is None or manifest_url.endswith(".json"):
+        return manifest_url
+    return manifest_url.rstrip("/") + "/" + layout.MANIFEST_NAME
+
+
+def run_inference(
+    client: distributed.Client,
+    cube_url: str,
+    prediction_url: str,
+    cards: Sequence[Any],
+    options: InferenceOptions,
+    *,
+    manifest_url: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> InferenceReport:
+    """Predict every card's products for one input cube and write them into one prediction store.
+
+    Parameters
+    ----------
+    client
+        Client of the cluster to run on. Workers that advertise the resource
+        ``GPU`` run the model tasks there, with one model task per GPU.
+    cube_url
+        Input cube (``<root>/inputs/<obs>.zarr``) with ``reflectance`` (band, y, x) int16.
+    prediction_url
+        Prediction store to create or complete (``<root>/predictions/<obs>.zarr``).
+    cards
+        Model cards (:class:`pipeline.model.ModelCard` or a card YAML path), at most one per task.
+    options
+        Tiling, batching and precision settings.
+    manifest_url
+        Output root or ``manifest.json`` URL. When given, finished blocks are
+        recorded there and blocks done in an earlier run are skipped.
+    progress
+        Called with ``(blocks finished, blocks total)`` as blocks finish.
+
+    Returns
+    -------
+    InferenceReport
+        Blocks written and skipped, tiles run and skipped as nodata, patch and
+        tile size per card, wall and model seconds.
+    """
+    started = time.perf_counter()
+    loaded = _load_cards(cards)
+    cube = open_cube(cube_url)
+    manifest_url = _manifest_url(manifest_url)
+    manifest = Manifest.load(manifest_url, dict(cube.storage_options)) if manifest_url else None
+    observation = Path(prediction_url.rstrip("/")).name.removesuffix(".zarr")
+    use_gpu, slots, threads = _cluster_layout(client, options)
+
+    jobs = []
+    for card in loaded:
+        patch_px = choose_patch_size(
+            card.reference_gsd_m, card.reference_patch_size, cube.gsd_m,
+            override=options.patch_size_override, min_patch=options.min_patch, max_patch=options.max_patch,
+        )
+        tile_px = _token_grid(card) * patch_px
+        grid = tile_grid(cube.info.height, cube.info.width, tile_px, options.overlap_for(tile_px))
+        plan = plan_blocks(grid, options.block_px, options.chunk_px)
+        key = f"{card.task}-{card.fingerprint()[:12]}-p{patch_px}-o{grid.overlap_px}-b{plan.block_px}"
+        jobs.append(CardJob(
+            card=card, key=key, plan=plan, patch_px=patch_px, batch_size=options.batch_size,
+            precision=options.precision, threads=threads, prediction_url=prediction_url,
+            storage_options=cube.storage_options, manifest_url=manifest_url, observation=observation,
+        ))
+        logger.info(
+            "%s: card %s, patch %d px, tiles %d px with %d px overlap (%d tiles), %d blocks of %d px",
+            observation, card.name, patch_px, tile_px, grid.overlap_px, len(grid), len(plan), plan.block_px,
+        )
+
+    create_prediction_store(cube, prediction_url, jobs, options.chunk_px)
+    counter = _Progress(sum(len(job.plan) for job in jobs), progress)
+    done = manifest.done_blocks("infer", observation) if manifest else set()
+    reports = [
+        _run_card(client, cube.info, job, done, use_gpu, slots * options.blocks_in_flight, counter)
+        for job in jobs
+    ]
+    if manifest is not None:
+        Manifest.load(manifest_url, dict(cube.storage_options)).save()
+
+    report = InferenceReport(tuple(reports), time.perf_counter() - started)
+    logger.info(
+        "%s: %d blocks written, %d skipped as done, %d tiles run, %d skipped as nodata, %.1f s",
+        observation, report.blocks_done, report.blocks_skipped, report.tiles_run, report.tiles_skipped,
+        report.seconds,
+    )
+    return report
+
+
+class _Progress:
+    def __init__(self, total: int, callback: Callable[[int, int], None] | None) -> None:
+        self.total = total
+        self.done = 0
+        self.callback = callback
+
+    def step(self) -> None:
+        self.done += 1
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+
+def _run_card(
+    client: distributed.Client,
+    cube: CubeInfo,
+    job: CardJob,
+    done_ids: set[str],
+    use_gpu: bool,
+    max_in_flight: int,
+    progress: _Progress,
+) -> CardReport:
+    """Submit the block tasks of one card, a bounded number of blocks at a time, and wait for them."""
+    plan = job.plan
+    blocks = list(plan)
+    done = {block.block_id for block in blocks if f"{job.key}-{block.block_id}" in done_ids}
+    needed = {block.block_id for block in blocks if block.block_id not in done}
+    for block in blocks:
+        if block.block_id not in done:
+            needed.update(source.block_id for source in plan.spill_sources(block))
+
+    resources = {"GPU": 1} if use_gpu else None
+    run = uuid.uuid4().hex[:8]
+    overlaps: dict[str, list[distributed.Future]] = {}
+    active: set[distributed.Future] = set()
+    results: list[BlockResult] = []
+
+    def collect(finished: set[distributed.Future]) -> None:
+        for future in finished:
+            result = future.result()
+            results.append(result)
+            if result.written:
+                progress.step()
+            future.release()
+
+    for index, block in enumerate(blocks):
+        if block.block_id in done and block.block_id not in needed:
+            progress.step()
+            continue
+        while len(active) >= max_in_flight:
+            finished = distributed.wait(active, return_when="FIRST_COMPLETED").done
+            active -= finished
+            collect(finished)
+
+        name = f"{job.key}-{block.block_id}-{run}"
+        data = client.submit(read_block, cube, plan.footprint(block), key=f"read-{name}", priority=-2 * index)
+        prediction = client.submit(
+            predict_block, job, block, data, cube, key=f"predict-{name}", resources=resources, priority=-2 * index
+        )
+        for target in plan.spill_targets(block):
+            if target.block_id not in done:
+                overlaps.setdefault(target.block_id, []).append(client.submit(
+                    overlap_into, prediction, target,
+                    key=f"overlap-{name}-{target.block_id}", priority=1 - 2 * index,
+                ))
+        if block.block_id in done:
+            progress.step()
+            active.add(client.submit(prediction_stats, prediction, key=f"stats-{name}", priority=1 - 2 * index))
+        else:
+            active.add(client.submit(
+                write_block, job, block, prediction, overlaps.pop(block.block_id, []),
+                key=f"write-{name}", priority=1 - 2 * index,
+            ))
+        del data, prediction
+
+    while active:
+        finished = distributed.wait(active, return_when="FIRST_COMPLETED").done
+        active -= finished
+        collect(finished)
+
+    grid = plan.grid
+    return CardReport(
+        card=job.card.name,
+        task=job.card.task,
+        patch_px=job.patch_px,
+        tile_px=grid.tile_px,
+        overlap_px=grid.overlap_px,
+        block_px=plan.block_px,
+        blocks_written=sum(result.written for result in results),
+        blocks_skipped=len(done),
+        tiles_run=sum(result.tiles_run for result in results),
+        tiles_skipped=sum(result.tiles_skipped for result in results),
+        model_seconds=sum(result.model_seconds for result in results),
+    )

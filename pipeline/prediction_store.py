@@ -1,0 +1,171 @@
+"""Open the input cube's metadata and create the prediction store on the same grid.
+
+The prediction store holds uint8 variables (see :mod:`pipeline.layout`) with
+the cube's ``x``/``y`` coordinates and ``spatial_ref`` copied, so it opens
+with the right CRS. It is created empty (metadata only); block tasks then
+fill it region by region.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import dask.array
+import numpy as np
+import xarray as xr
+import zarr
+
+from pipeline import layout
+
+logger = logging.getLogger(__name__)
+
+
+def storage_options_for(url: str) -> dict[str, Any]:
+    """Return fsspec options for a URL: none for local paths, the environment's for object stores."""
+    if "://" not in url or url.startswith("file://"):
+        return {}
+    from pipeline.stores import storage_options_from_env
+
+    return dict(storage_options_from_env(url))
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenedCube:
+    """An input cube's description for the driver: grid, bands, GSD, nodata value."""
+
+    info: Any
+    gsd_m: float
+    dataset: xr.Dataset
+
+    @property
+    def storage_options(self) -> tuple[tuple[str, Any], ...]:
+        return self.info.storage_options
+
+
+def open_cube(url: str) -> OpenedCube:
+    """Read the metadata of an input cube (no pixels).
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no Zarr store at ``url``.
+    ValueError
+        If the store lacks the ``reflectance`` variable, its ``wavelength_um``
+        coordinate or a ``gsd_m`` attribute.
+    """
+    from pipeline.blocks import CubeInfo
+
+    options = storage_options_for(url)
+    try:
+        dataset = xr.open_zarr(
+            url, decode_coords="all", mask_and_scale=False, consolidated=False, storage_options=options or None
+        )
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as error:
+        raise FileNotFoundError(f"no input cube at {url!r}; run the ingest stage first") from error
+    if layout.REFLECTANCE_VAR not in dataset:
+        raise ValueError(
+            f"input cube {url!r} has no {layout.REFLECTANCE_VAR!r} variable; variables present: {list(dataset.data_vars)}"
+        )
+    reflectance = dataset[layout.REFLECTANCE_VAR]
+    if reflectance.dims != ("band", "y", "x"):
+        raise ValueError(f"{layout.REFLECTANCE_VAR!r} in {url!r} has dims {reflectance.dims}; expected ('band', 'y', 'x')")
+    if layout.WAVELENGTH_COORD not in reflectance.coords:
+        raise ValueError(f"input cube {url!r} has no {layout.WAVELENGTH_COORD!r} coordinate along 'band'")
+
+    gsd_m = reflectance.attrs.get("gsd_m", dataset.attrs.get("gsd_m"))
+    if gsd_m is None:
+        raise ValueError(f"input cube {url!r} has no 'gsd_m' attribute; the ingest stage writes it")
+    fill = reflectance.attrs.get("_FillValue", reflectance.encoding.get("_FillValue", layout.REFLECTANCE_FILL))
+
+    info = CubeInfo(
+        url=url,
+        storage_options=tuple(sorted(options.items())),
+        height=int(reflectance.sizes["y"]),
+        width=int(reflectance.sizes["x"]),
+        wavelengths_um=tuple(float(value) for value in reflectance[layout.WAVELENGTH_COORD].values),
+        fill=int(fill),
+    )
+    return OpenedCube(info, float(gsd_m), dataset)
+
+
+def _variables(job: Any, height: int, width: int, chunk_px: int) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+    chunks = (min(chunk_px, height), min(chunk_px, width))
+    if job.card.task == "cloud":
+        return {layout.CLOUD_PROBABILITY_VAR: (("y", "x"), chunks)}
+    classes = len(job.card.classes)
+    return {
+        layout.LANDCOVER_PROBABILITY_VAR: (("class", "y", "x"), (classes, *chunks)),
+        layout.LANDCOVER_VAR: (("y", "x"), chunks),
+        layout.LANDCOVER_CONFIDENCE_VAR: (("y", "x"), chunks),
+    }
+
+
+def _attributes(job: Any) -> dict[str, Any]:
+    card = job.card
+    return {
+        "card": card.name,
+        "fingerprint": card.fingerprint(),
+        "classes": list(card.classes),
+        "patch_size_px": job.patch_px,
+        "tile_px": job.plan.grid.tile_px,
+        "overlap_px": job.plan.grid.overlap_px,
+        "block_px": job.plan.block_px,
+        "nodata": layout.PROBABILITY_FILL,
+    }
+
+
+def create_prediction_store(cube: OpenedCube, url: str, jobs: Sequence[Any], chunk_px: int) -> None:
+    """Create the prediction store for the cards of ``jobs``, or complete an existing one.
+
+    Missing variables are added; existing ones keep their pixels (a resumed
+    run) and get their attributes updated.
+
+    Raises
+    ------
+    ValueError
+        If an existing variable has another shape than the cube's grid gives.
+    """
+    height, width = cube.info.height, cube.info.width
+    options = dict(cube.storage_options) or None
+
+    try:
+        existing = zarr.open_group(url, mode="r", storage_options=options)
+        present = {name: existing[name].shape for name in existing.array_keys()}
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        present = None
+
+    coords = {name: cube.dataset[name] for name in ("y", "x", "spatial_ref") if name in cube.dataset.variables}
+    variables, encoding = {}, {}
+    for job in jobs:
+        for name, (dims, chunks) in _variables(job, height, width, chunk_px).items():
+            shape = (chunks[0], height, width) if len(dims) == 3 else (height, width)
+            if present is not None and name in present:
+                if tuple(present[name]) != shape:
+                    raise ValueError(
+                        f"prediction store {url!r} has {name!r} of shape {present[name]}, expected {shape}; "
+                        "delete the store (or pass another output) to start over"
+                    )
+                continue
+            data = dask.array.full(shape, layout.PROBABILITY_FILL, dtype=np.uint8, chunks=chunks)
+            variables[name] = xr.DataArray(data, dims=dims, attrs=_attributes(job))
+            encoding[name] = {"chunks": chunks, "_FillValue": layout.PROBABILITY_FILL}
+
+    if variables:
+        dataset = xr.Dataset(variables, coords=coords)
+        if "spatial_ref" in dataset.coords:
+            for name in variables:
+                dataset[name].attrs["grid_mapping"] = "spatial_ref"
+        mode = "w-" if present is None else "a"
+        dataset.to_zarr(
+            url, mode=mode, compute=False, zarr_format=3, encoding=encoding,
+            storage_options=options, consolidated=False,
+        )
+        logger.info("created %s in prediction store %s", ", ".join(variables), url)
+
+    group = zarr.open_group(url, mode="r+", storage_options=options)
+    for job in jobs:
+        for name in _variables(job, height, width, chunk_px):
+            group[name].attrs.update(_attributes(job))
