@@ -1,0 +1,204 @@
+"""FlexiMo: DOFA's wavelength-conditioned ViT at any patch size and band set."""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.model.blocks import Block
+from pipeline.model.config import ModelConfig
+from pipeline.model.patch_embed import DynamicPatchEmbed
+from pipeline.model.precision import Precision, autocast
+from pipeline.model.upernet import UPerNetHead
+from pipeline.model.validation import token_grid, validate_inputs
+
+POS_EMBED_CACHE_SIZE = 32
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Resize a ``(1, 1 + n * n, D)`` position embedding to a ``(h, w)`` token grid.
+
+    The cls entry is kept and the square grid part is resized bilinearly
+    (``align_corners=False``, no antialiasing). Returns ``(1, 1 + h * w, D)``.
+    """
+    num_grid = pos_embed.shape[1] - 1
+    side = int(round(num_grid**0.5))
+    if side * side != num_grid:
+        raise ValueError(
+            f"pos_embed has {num_grid} grid entries, which is not a square grid; expected (1, 1 + n*n, D)."
+        )
+    if (side, side) == tuple(grid):
+        return pos_embed
+    cls_entry, grid_part = pos_embed[:, :1], pos_embed[:, 1:]
+    grid_part = grid_part.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    grid_part = F.interpolate(grid_part, size=grid, mode="bilinear", align_corners=False)
+    grid_part = grid_part.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1)
+    return torch.cat([cls_entry, grid_part], dim=1)
+
+
+_DENSE_HEAD_CHILDREN = ("conv0.", "conv1.", "conv2.", "conv3.", "decoder.", "cls_seg.")
+
+
+def _strip_dense_head_prefix(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    for key in [k for k in state_dict if k.startswith(f"{prefix}dense_head.")]:
+        state_dict[prefix + key[len(f"{prefix}dense_head.") :]] = state_dict.pop(key)
+
+
+def _add_dense_head_prefix(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
+    if getattr(module, "dense_head", None) is None:
+        return
+    for key in [k for k in state_dict if k.startswith(tuple(prefix + c for c in _DENSE_HEAD_CHILDREN))]:
+        state_dict[f"{prefix}dense_head.{key[len(prefix):]}"] = state_dict.pop(key)
+
+
+class FlexiMo(nn.Module):
+    """DOFA ViT encoder with a classifier or a dense upernet head.
+
+    Call it as ``model(x, wavelengths_um=[...], patch_size=p)`` with ``x`` of
+    shape ``(B, C, H, W)`` and one wavelength (µm) per channel. Returns logits
+    ``(B, num_classes)`` for a classifier and ``(B, num_classes, H, W)`` for
+    the upernet head.
+
+    ``forward`` changes no module state apart from internal caches of the
+    generated kernel, the PI-resize matrix and the resized position
+    embedding, which are guarded by locks; several threads may call one
+    model at once with different patch sizes and band sets.
+
+    Parameters
+    ----------
+    config
+        Architecture; see :class:`~pipeline.model.config.ModelConfig`.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.embed_dim
+        self.patch_embed = DynamicPatchEmbed(config)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + config.pos_embed_grid**2, dim))
+        self.blocks = nn.ModuleList(
+            [Block(dim, config.num_heads, config.mlp_hidden_dim, config.layernorm_eps) for _ in range(config.depth)]
+        )
+        self.fc_norm: nn.LayerNorm | None = None
+        self.head: nn.Linear | None = None
+        self.dense_head: UPerNetHead | None = None
+        if config.head == "classifier":
+            self.fc_norm = nn.LayerNorm(dim, eps=config.layernorm_eps)
+            self.head = nn.Linear(dim, config.num_classes)
+        else:
+            self.dense_head = UPerNetHead(config)
+        self._pos_cache: collections.OrderedDict[tuple[object, ...], torch.Tensor] = collections.OrderedDict()
+        self._pos_lock = threading.Lock()
+        # A FlexiMo pixel-task checkpoint stores the head's keys at the top
+        # level (conv0.*, decoder.*, cls_seg.*), not under "dense_head.".
+        self.register_state_dict_post_hook(_strip_dense_head_prefix)
+        self.register_load_state_dict_pre_hook(_add_dense_head_prefix)
+
+
+    def position_embedding(self, grid: tuple[int, int], *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Return the position embedding ``(1, 1 + h * w, D)`` for a token grid, cached."""
+        if torch.is_grad_enabled() and self.pos_embed.requires_grad:
+            return resize_pos_embed(self.pos_embed, grid).to(dtype=dtype, device=device)
+        key = (grid, dtype, device, self.pos_embed.data_ptr(), self.pos_embed._version)
+        with self._pos_lock:
+            hit = self._pos_cache.get(key)
+            if hit is not None:
+                self._pos_cache.move_to_end(key)
+                return hit
+        with torch.no_grad():
+            resized = resize_pos_embed(self.pos_embed, grid).to(dtype=dtype, device=device)
+        with self._pos_lock:
+            self._pos_cache[key] = resized
+            while len(self._pos_cache) > POS_EMBED_CACHE_SIZE:
+                self._pos_cache.popitem(last=False)
+        return resized
+
+    def clear_caches(self) -> None:
+        """Drop cached kernels and position embeddings (they also invalidate themselves)."""
+        self.patch_embed.clear_cache()
+        with self._pos_lock:
+            self._pos_cache.clear()
+
+    def forward_tokens(
+        self, x: torch.Tensor, *, wavelengths_um: Sequence[float], patch_size: int
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Run the encoder; return all tokens ``(B, 1 + h * w, D)`` (cls first) and the grid ``(h, w)``."""
+        validate_inputs(x, wavelengths_um, patch_size)
+        grid = token_grid((x.shape[-2], x.shape[-1]), patch_size)
+        tokens = self.patch_embed(x, wavelengths_um, patch_size)
+        tokens = tokens.flatten(2).transpose(1, 2)
+
+        pos_embed = self.position_embedding(grid, dtype=tokens.dtype, device=tokens.device)
+        cls_token = (self.cls_token.to(tokens.dtype) + pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
+        tokens = torch.cat([cls_token, tokens + pos_embed[:, 1:]], dim=1)
+
+        for block in self.blocks:
+            tokens = block(tokens)
+        return tokens, grid
+
+    def forward_features(
+        self,
+        x: torch.Tensor,
+        *,
+        wavelengths_um: Sequence[float],
+        patch_size: int,
+        precision: Precision = "float32",
+    ) -> torch.Tensor:
+        """Return encoder features.
+
+        Returns
+        -------
+        torch.Tensor
+            Classifier: mean of the patch tokens after ``fc_norm``, ``(B, D)``.
+            Upernet: the patch tokens as a map ``(B, D, h, w)``.
+        """
+        with autocast(x.device, precision):
+            tokens, grid = self.forward_tokens(x, wavelengths_um=wavelengths_um, patch_size=patch_size)
+            patches = tokens[:, 1:]
+            if self.fc_norm is not None:
+                return self.fc_norm(patches.mean(dim=1))
+            return patches.transpose(1, 2).reshape(tokens.shape[0], -1, grid[0], grid[1])
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        wavelengths_um: Sequence[float],
+        patch_size: int,
+        precision: Precision = "float32",
+    ) -> torch.Tensor:
+        """Return logits: ``(B, K)`` for a classifier, ``(B, K, H, W)`` for the upernet head.
+
+        Parameters
+        ----------
+        x
+            ``(B, C, H, W)`` input, already scaled the way the weights expect
+            (see :meth:`pipeline.model.cards.ModelCard.prepare_input`).
+        wavelengths_um
+            Centre wavelength of each of the ``C`` channels, in micrometres.
+        patch_size
+            Patch side in pixels, ``1 <= patch_size <= min(H, W)``.
+        precision
+            ``"float32"`` (exact) or ``"bfloat16"`` autocast, on CUDA and on
+            CPUs with bfloat16 matrix units. The logits are float32 either way.
+
+        Raises
+        ------
+        ValueError
+            For an input that is not ``(B, C, H, W)``, wavelengths that are not
+            one positive micrometre value per channel, or an invalid patch size.
+        """
+        features = self.forward_features(x, wavelengths_um=wavelengths_um, patch_size=patch_size, precision=precision)
+        with autocast(x.device, precision):
+            if self.head is not None:
+                logits = self.head(features)
+            else:
+                assert self.dense_head is not None
+                logits = self.dense_head(features, (x.shape[-2], x.shape[-1]))
+        return logits.float()

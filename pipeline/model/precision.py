@@ -1,0 +1,68 @@
+"""Numeric precision of inference: exact float32 or bfloat16 autocast."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Iterator
+from typing import Literal, get_args
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+Precision = Literal["float32", "bfloat16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_supports_bfloat16() -> bool:
+    """Return whether this CPU has native bfloat16 matrix instructions (AVX-512 BF16 or AMX).
+
+    Without them PyTorch emulates bfloat16 matmuls, which is slower than
+    float32, so bfloat16 autocast would only lose accuracy.
+    """
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def bfloat16_available(device: torch.device | str) -> bool:
+    """Return whether bfloat16 autocast runs at native speed on ``device``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return cpu_supports_bfloat16()
+    return False
+
+
+def check_precision(precision: str, device: torch.device | str) -> None:
+    """Raise if ``precision`` is unknown or bfloat16 is not supported on ``device``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+    if precision == "bfloat16" and not bfloat16_available(device):
+        raise ValueError(
+            f"precision='bfloat16' is not supported at native speed on device {str(device)!r} "
+            "(needs a CUDA GPU with bfloat16 or a CPU with AVX-512 BF16 / AMX); use precision='float32'."
+        )
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device | str, precision: Precision = "float32") -> Iterator[None]:
+    """Run the enclosed code at ``precision`` on ``device``.
+
+    ``"float32"`` disables any enclosing autocast so that results are exact;
+    ``"bfloat16"`` enables bfloat16 autocast on CUDA or on a CPU that
+    supports it (see :func:`bfloat16_available`).
+
+    Raises
+    ------
+    ValueError
+        For an unknown precision, or bfloat16 on a device without support.
+    """
+    device = torch.device(device)
+    check_precision(precision, device)
+    device_type = device.type if device.type in ("cuda", "cpu") else "cpu"
+    enabled = precision == "bfloat16"
+    with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=enabled):
+        yield

@@ -1,0 +1,149 @@
+"""UPerNet-like dense head of the FlexiMo pixel tasks, for any token grid.
+
+The ViT's patch tokens, as a ``(B, D, h, w)`` map, feed four branches
+``conv0`` .. ``conv3`` (1x1 conv, GroupNorm, GELU, transposed conv) that
+upsample by 16, 8, 4 and 2 and are ``c/8``, ``c/4``, ``c/2`` and ``c`` wide.
+A pyramid-pooling module on the coarsest branch and an FPN top-down path
+(``decoder.*``) fuse them at ``16 h x 16 w``; ``cls_seg`` (3x3 conv) gives
+class logits, which are resized bilinearly to the input tile's pixel size.
+
+NOTE: the parameter names (``conv0.0``, ``decoder.PPMHead.psp_modules.0.1``,
+``decoder.Conv_fuse1``, ``decoder.fuse_all``, ``cls_seg.0``, ...) and the
+max pooling in the PPM follow the SpectralGPT-style segmentation code that the
+FlexiMo pixel tasks build on, as recalled without a checkpoint to verify them
+against; ``load_model`` reports every key that does not match.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.model.config import ModelConfig
+
+UPSAMPLE_FACTORS = (16, 8, 4, 2)
+POOL_SCALES = (1, 2, 3, 6)
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=1),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(),
+    )
+
+
+def _upsample_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+
+
+class PyramidPooling(nn.ModuleList):
+    """Pooled context at several grid sizes, each projected by a 1x1 conv."""
+
+    def __init__(self, in_channels: int, out_channels: int, pool_scales: tuple[int, ...] = POOL_SCALES) -> None:
+        super().__init__(
+            nn.Sequential(nn.AdaptiveMaxPool2d(scale), nn.Conv2d(in_channels, out_channels, kernel_size=1))
+            for scale in pool_scales
+        )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
+        size = (x.shape[-2], x.shape[-1])
+        return [_upsample_to(branch(x), size) for branch in self]
+
+
+class PPMHead(nn.Module):
+    """Pyramid pooling concatenated with its input and fused by ``final``."""
+
+    def __init__(self, in_channels: int, out_channels: int, pool_scales: tuple[int, ...] = POOL_SCALES) -> None:
+        super().__init__()
+        self.psp_modules = PyramidPooling(in_channels, out_channels, pool_scales)
+        self.final = _conv_bn_relu(in_channels + len(pool_scales) * out_channels, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.psp_modules(x)
+        return self.final(torch.cat([*pooled, x], dim=1))
+
+
+class FPNDecoder(nn.Module):
+    """Top-down FPN over the four branch outputs, fused at the finest level."""
+
+    def __init__(self, channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.PPMHead = PPMHead(channels, out_channels)
+        self.Conv_fuse1 = _conv_bn_relu(channels // 2, out_channels)
+        self.Conv_fuse1_ = _conv_bn_relu(out_channels, out_channels)
+        self.Conv_fuse2 = _conv_bn_relu(channels // 4, out_channels)
+        self.Conv_fuse2_ = _conv_bn_relu(out_channels, out_channels)
+        self.Conv_fuse3 = _conv_bn_relu(channels // 8, out_channels)
+        self.Conv_fuse3_ = _conv_bn_relu(out_channels, out_channels)
+        self.fuse_all = _conv_bn_relu(out_channels * 4, out_channels)
+        self.conv_x1 = nn.Conv2d(out_channels, out_channels, kernel_size=1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Fuse branch outputs ordered finest to coarsest into ``(B, F, 16h, 16w)``."""
+        level1 = self.PPMHead(features[3])
+        top_down = _upsample_to(level1, tuple(features[2].shape[-2:]))
+        level2 = self.Conv_fuse1_(self.conv_x1(top_down) + self.Conv_fuse1(features[2]))
+
+        top_down = _upsample_to(level2, tuple(features[1].shape[-2:]))
+        level3 = self.Conv_fuse2_(top_down + self.Conv_fuse2(features[1]))
+
+        top_down = _upsample_to(level3, tuple(features[0].shape[-2:]))
+        level4 = self.Conv_fuse3_(top_down + self.Conv_fuse3(features[0]))
+
+        return self.fuse_levels([level1, level2, level3, level4])
+
+    def fuse_levels(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        """Apply ``fuse_all`` to the four levels upsampled to the finest one.
+
+        The 1x1 convolution is applied to each coarse level before upsampling
+        and the results summed. This equals convolving the concatenation
+        after upsampling, because bilinear weights sum to one and a 1x1
+        convolution is linear per pixel, but costs a fraction of it.
+        """
+        conv, norm, act = self.fuse_all[0], self.fuse_all[1], self.fuse_all[2]
+        size = (levels[-1].shape[-2], levels[-1].shape[-1])
+        weights = conv.weight.split(levels[0].shape[1], dim=1)
+        fused = F.conv2d(levels[-1], weights[-1], conv.bias)
+        for level, weight in zip(levels[:-1], weights[:-1], strict=True):
+            fused = fused + _upsample_to(F.conv2d(level, weight), size)
+        return act(norm(fused))
+
+
+def _branch(embed_dim: int, channels: int, factor: int, norm_groups: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(embed_dim, channels, kernel_size=1),
+        nn.GroupNorm(math.gcd(norm_groups, channels), channels),
+        nn.GELU(),
+        nn.ConvTranspose2d(channels, channels, kernel_size=factor, stride=factor),
+    )
+
+
+class UPerNetHead(nn.Module):
+    """Dense head: token map ``(B, D, h, w)`` to logits ``(B, K, H, W)``."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        widths = config.branch_channels
+        groups = config.norm_groups
+        self.conv0 = _branch(config.embed_dim, widths[0], UPSAMPLE_FACTORS[0], groups)
+        self.conv1 = _branch(config.embed_dim, widths[1], UPSAMPLE_FACTORS[1], groups)
+        self.conv2 = _branch(config.embed_dim, widths[2], UPSAMPLE_FACTORS[2], groups)
+        self.conv3 = _branch(config.embed_dim, widths[3], UPSAMPLE_FACTORS[3], groups)
+        self.decoder = FPNDecoder(config.decoder_channels, config.decoder_fpn_channels)
+        self.cls_seg = nn.Sequential(
+            nn.Conv2d(config.decoder_fpn_channels, config.num_classes, kernel_size=3, padding=1)
+        )
+
+    def forward(self, tokens: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+        """Return logits ``(B, K, *output_size)`` for a token map ``(B, D, h, w)``."""
+        features = [self.conv0(tokens), self.conv1(tokens), self.conv2(tokens), self.conv3(tokens)]
+        logits = self.cls_seg(self.decoder(features))
+        if tuple(logits.shape[-2:]) != tuple(output_size):
+            logits = F.interpolate(logits, size=output_size, mode="bilinear", align_corners=False)
+        return logits
