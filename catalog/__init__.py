@@ -1,0 +1,35 @@
+"""STAC search, sensor band tables, scene descriptions and local catalogs.
+
+The first stage of every job: find the scenes that cover an area and time
+range, and describe each one (bands, wavelengths, GSD, nodata, scale/offset)
+so that later stages never guess.
+"""
+
+from catalog.builder import build_local_catalog
+from catalog.describe import describe_item
+from catalog.gaofen import build_gaofen_items
+from catalog.presets import PRESETS, CatalogPreset
+from catalog.radiometry import read_sentinel2_product_metadata, sentinel2_offset
+from catalog.scene import BandInfo, SceneDescription
+from catalog.search import StacApiError, search_items
+from catalog.sensors import SENSORS, Sensor, SensorBand, find_sensor
+from catalog.table import format_scene_table
+
+__all__ = [
+    "PRESETS",
+    "SENSORS",
+    "BandInfo",
+    "CatalogPreset",
+    "SceneDescription",
+    "Sensor",
+    "SensorBand",
+    "StacApiError",
+    "build_gaofen_items",
+    "build_local_catalog",
+    "describe_item",
+    "find_sensor",
+    "format_scene_table",
+    "read_sentinel2_product_metadata",
+    "search_items",
+    "sentinel2_offset",
+]
