@@ -1,0 +1,192 @@
+"""Read one band asset onto a target grid, retrying transient failures.
+
+Each read opens the asset with rasterio (GDAL: local files, ``https://``,
+``s3://`` through ``/vsis3/``) and warps the part that covers the target
+GeoBox into a float32 array, NaN where the asset has no data. Assets that are
+not map-projected (Gaofen Level-1A) are placed through their RPCs.
+
+A read that still fails after the retries raises :class:`AssetReadError`
+naming the asset URL; it never returns an array of nodata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import re
+import time
+from typing import Literal
+
+import numpy as np
+import rasterio
+import rasterio.errors
+from odc.geo.geobox import GeoBox
+from rasterio.enums import Resampling
+from rasterio.warp import reproject
+
+from catalog.scene import BandInfo
+
+logger = logging.getLogger(__name__)
+
+ResamplingName = Literal["nearest", "bilinear", "cubic", "average", "mode"]
+
+# GDAL messages of failures that a later attempt can get past: HTTP 5xx and
+# 429, timeouts, dropped connections, and tiles that came back short.
+_TRANSIENT_PATTERN = re.compile(
+    r"HTTP (response )?code:? ?(5\d\d|429)|timed? ?out|timeout|connection (reset|refused|aborted|closed)"
+    r"|truncat|short read|read error|IReadBlock failed|TIFFFillTile|TIFFReadEncoded|Couldn't resolve"
+    r"|curl error|premature end",
+    re.IGNORECASE,
+)
+
+# GDAL settings for remote reads: no directory listing when opening a single
+# asset, and one merged range request for neighbouring blocks.
+GDAL_READ_OPTIONS = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MULTIRANGE": "YES",
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": "",
+}
+
+
+class AssetReadError(OSError):
+    """An asset that could not be read; ``href`` names it."""
+
+    def __init__(self, message: str, href: str) -> None:
+        super().__init__(message)
+        self.href = href
+
+
+class NotGeoreferencedError(ValueError):
+    """An asset with neither a CRS nor RPCs, which cannot be placed on a map."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry a failed asset read.
+
+    Parameters
+    ----------
+    attempts
+        Total tries, the first included.
+    backoff_s
+        Delay before the second try in seconds; it doubles on each later
+        try, up to ``max_backoff_s``, with up to 25 % random jitter.
+    """
+
+    attempts: int = 4
+    backoff_s: float = 0.5
+    max_backoff_s: float = 8.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"RetryPolicy.attempts must be at least 1, got {self.attempts}")
+        if self.backoff_s < 0 or self.max_backoff_s < 0:
+            raise ValueError(f"RetryPolicy delays must be non-negative, got {self.backoff_s}, {self.max_backoff_s}")
+
+    def delay_s(self, failed_attempts: int) -> float:
+        """Seconds to wait after ``failed_attempts`` failures."""
+        base = min(self.backoff_s * 2 ** (failed_attempts - 1), self.max_backoff_s)
+        return base * (1 + 0.25 * random.random())
+
+
+def is_transient(error: BaseException) -> bool:
+    """Return whether ``error`` looks like a failure a retry can get past."""
+    if isinstance(error, (TimeoutError, ConnectionError)):
+        return True
+    if isinstance(error, (rasterio.errors.RasterioError, OSError)):
+        return bool(_TRANSIENT_PATTERN.search(str(error)))
+    return False
+
+
+def read_band(
+    band: BandInfo,
+    geobox: GeoBox,
+    *,
+    resampling: ResamplingName = "bilinear",
+    retry: RetryPolicy = RetryPolicy(),
+) -> np.ndarray:
+    """Read ``band`` resampled onto ``geobox``.
+
+    Parameters
+    ----------
+    band
+        The asset and band index to read; ``band.nodata`` (or, when that is
+        ``None``, the file's own nodata) marks missing pixels.
+    geobox
+        Target grid, usually one block of the job grid.
+    resampling
+        GDAL resampling kernel. Categorical bands need ``"nearest"`` or ``"mode"``.
+    retry
+        Retry policy for transient failures.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(height, width)`` of stored values (before scale and
+        offset), NaN where the asset has no data or does not reach.
+
+    Raises
+    ------
+    AssetReadError
+        If the asset fails on every attempt, or fails with a permanent error.
+    NotGeoreferencedError
+        If the asset has neither a CRS nor RPCs.
+    """
+    failures = 0
+    while True:
+        try:
+            return _warp_band(band, geobox, resampling)
+        except NotGeoreferencedError:
+            raise
+        except Exception as error:  # noqa: BLE001  (GDAL raises several unrelated types)
+            failures += 1
+            if not is_transient(error):
+                raise AssetReadError(f"failed to read asset {band.href} (band {band.name}): {error}", band.href) from error
+            if failures >= retry.attempts:
+                raise AssetReadError(
+                    f"failed to read asset {band.href} (band {band.name}) after {failures} attempts: {error}",
+                    band.href,
+                ) from error
+            delay = retry.delay_s(failures)
+            logger.warning(
+                "read of asset %s failed (attempt %d of %d), retrying in %.1f s: %s",
+                band.href,
+                failures,
+                retry.attempts,
+                delay,
+                error,
+            )
+            time.sleep(delay)
+
+
+def _warp_band(band: BandInfo, geobox: GeoBox, resampling: ResamplingName) -> np.ndarray:
+    destination = np.full(geobox.shape.yx, np.nan, dtype=np.float32)
+    with rasterio.Env(**GDAL_READ_OPTIONS), rasterio.open(band.href) as src:
+        if band.band_index > src.count:
+            raise NotGeoreferencedError(
+                f"asset {band.href} has {src.count} bands but band {band.name} asks for band index {band.band_index}"
+            )
+        source_nodata = band.nodata if band.nodata is not None else src.nodata
+        placement: dict = {}
+        if src.crs is None:
+            if not src.rpcs:
+                raise NotGeoreferencedError(
+                    f"asset {band.href} has no map projection and no RPCs, so it cannot be placed on the "
+                    "grid; orthorectify it first or supply its .rpb/_rpc.txt file beside it"
+                )
+            # NOTE: RPC placement uses the RPCs' mean height offset instead of a
+            # DEM, so relief shifts pixels by roughly height error x tan(view angle).
+            placement = {"rpcs": src.rpcs, "src_crs": "EPSG:4326"}
+        reproject(
+            source=rasterio.band(src, band.band_index),
+            destination=destination,
+            src_nodata=source_nodata,
+            dst_transform=geobox.affine,
+            dst_crs=geobox.crs.wkt,
+            dst_nodata=np.nan,
+            resampling=Resampling[resampling],
+            **placement,
+        )
+    return destination

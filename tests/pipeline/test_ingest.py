@@ -1,0 +1,274 @@
+"""Tests of ingest: real Sentinel-2 scenes loaded onto the job grid and written to Zarr."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from datetime import timedelta
+
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+from odc.geo.geobox import GeoBox
+
+from pipeline import layout
+from pipeline.grid import plan_grid
+from pipeline.ingest import (
+    decode_reflectance,
+    encode_reflectance,
+    group_observations,
+    load_observation,
+    observation_id_of,
+    write_input_cube,
+)
+from pipeline.stores import grid_of, open_dataset
+
+S2_BAND_ORDER = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+
+
+def read_dn(path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read(1).astype(np.int64)
+
+
+def source_geobox(path) -> GeoBox:
+    with rasterio.open(path) as src:
+        return GeoBox(src.shape, src.transform, src.crs.to_wkt())
+
+
+def bilinear_upsample_2x(values: np.ndarray) -> np.ndarray:
+    """Bilinear interpolation of a grid onto a grid of half its pixel size, at pixel centres."""
+    size_y, size_x = values.shape
+    y = np.arange(2 * size_y) / 2 - 0.25
+    x = np.arange(2 * size_x) / 2 - 0.25
+    along_x = np.stack([np.interp(x, np.arange(size_x), row) for row in values])
+    return np.stack([np.interp(y, np.arange(size_y), column) for column in along_x.T]).T
+
+
+def test_l1c_cube_layout(l1c_scene):
+    geobox = plan_grid([l1c_scene])
+
+    ds = load_observation([l1c_scene], geobox, chunk_px=512)
+
+    reflectance = ds[layout.REFLECTANCE_VAR]
+    assert reflectance.dims == ("band", "y", "x")
+    assert reflectance.dtype == np.int16
+    assert list(ds["band"].values) == S2_BAND_ORDER
+    assert ds[layout.WAVELENGTH_COORD].values.tolist() == [
+        0.443, 0.49, 0.56, 0.665, 0.705, 0.74, 0.783, 0.842, 0.865, 0.945, 1.375, 1.61, 2.19
+    ]
+    assert reflectance.data.chunksize == (13, 512, 512)
+    assert ds.attrs["gsd_m"] == 10.0
+    assert ds.attrs["platform"] == "sentinel-2a"
+    assert ds.attrs["item_ids"] == [l1c_scene.item_id]
+    assert ds.attrs["datetime"] == "2016-01-12T15:56:42Z"
+    assert grid_of(ds) == geobox
+
+
+def test_l1c_10m_band_equals_dn_times_scale(l1c_scene, l1c_dir):
+    geobox = plan_grid([l1c_scene])
+
+    ds = load_observation([l1c_scene], geobox, bands=["B02", "B08"], chunk_px=512)
+
+    stored = ds[layout.REFLECTANCE_VAR].values
+    np.testing.assert_array_equal(stored[0], read_dn(l1c_dir / "B02.tif"))
+    np.testing.assert_array_equal(stored[1], read_dn(l1c_dir / "B08.tif"))
+
+
+def test_l1c_coarse_bands_nearest_replicate_pixels(l1c_scene, l1c_dir):
+    geobox = plan_grid([l1c_scene])
+
+    ds = load_observation([l1c_scene], geobox, bands=["B05", "B01"], resampling="nearest", chunk_px=512)
+
+    stored = ds[layout.REFLECTANCE_VAR].values
+    b05 = read_dn(l1c_dir / "B05.tif")
+    b01 = read_dn(l1c_dir / "B01.tif")
+    np.testing.assert_array_equal(stored[0], np.repeat(np.repeat(b05, 2, axis=0), 2, axis=1))
+    np.testing.assert_array_equal(stored[1], np.repeat(np.repeat(b01, 6, axis=0), 6, axis=1))
+
+
+def test_l1c_20m_band_bilinear_at_interior_pixels(l1c_scene, l1c_dir):
+    geobox = plan_grid([l1c_scene])
+
+    ds = load_observation([l1c_scene], geobox, bands=["B05"], resampling="bilinear", chunk_px=256)
+
+    stored = ds[layout.REFLECTANCE_VAR].values[0].astype(np.float64)
+    expected = bilinear_upsample_2x(read_dn(l1c_dir / "B05.tif").astype(np.float64))
+    interior = (slice(2, -2), slice(2, -2))
+    assert np.abs(stored[interior] - expected[interior]).max() <= 1.0
+    for row, column in [(2, 2), (101, 500), (777, 3), (1017, 1017)]:
+        assert abs(stored[row, column] - expected[row, column]) <= 1.0
+
+
+def test_l2a_reflectance_applies_scale_and_offset(l2a_scene, l2a_dir):
+    # Processing baseline 04.00 and later store reflectance with an offset of -0.1.
+    offset_bands = tuple(replace(band, offset=-0.1) if band.role == "reflectance" else band for band in l2a_scene.bands)
+    scene = replace(l2a_scene, bands=offset_bands)
+    geobox = source_geobox(l2a_dir / "B04.tif")
+
+    ds = load_observation([scene], geobox, bands=["B04", "B11"], resampling="nearest", chunk_px=512)
+
+    stored = ds[layout.REFLECTANCE_VAR].values
+    b04 = read_dn(l2a_dir / "B04.tif")
+    np.testing.assert_array_equal(stored[0], b04 - 1000)
+    b11 = read_dn(l2a_dir / "B11.tif")
+    np.testing.assert_array_equal(stored[1, :1098, :1098], np.repeat(np.repeat(b11, 2, axis=0), 2, axis=1) - 1000)
+    decoded = decode_reflectance(ds[layout.REFLECTANCE_VAR]).values
+    np.testing.assert_allclose(decoded[0], b04 * 1e-4 - 0.1, atol=1e-6)
+
+
+def test_l2a_outside_footprint_is_nodata(l2a_scene, l2a_dir):
+    padded = source_geobox(l2a_dir / "B04.tif").pad(8)
+
+    ds = load_observation([l2a_scene], padded, bands=["B04", "SCL"], chunk_px=512)
+
+    stored = ds[layout.REFLECTANCE_VAR].values[0]
+    scl = ds["SCL"].values
+    assert (stored[:8] == layout.REFLECTANCE_FILL).all()
+    assert (stored[:, -8:] == layout.REFLECTANCE_FILL).all()
+    assert (scl[:8] == layout.CLASSIFICATION_FILL).all()
+    assert (stored[8:-8, 8:-8] != layout.REFLECTANCE_FILL).all()
+    assert (scl[8:-8, 8:-8] != layout.CLASSIFICATION_FILL).all()
+
+
+@pytest.mark.parametrize("resolution_m", [100.0, 400.0])
+def test_l2a_scl_values_stay_classes(l2a_scene, l2a_dir, resolution_m):
+    source_classes = set(np.unique(read_dn(l2a_dir / "SCL.tif")).tolist())
+    geobox = source_geobox(l2a_dir / "B04.tif")
+    if resolution_m != 100.0:
+        geobox = geobox.zoom_out(resolution_m / 100.0)
+
+    ds = load_observation([l2a_scene], geobox, bands=["B04", "SCL"], chunk_px=256)
+
+    scl = ds["SCL"]
+    assert scl.dtype == np.uint8
+    assert scl.dims == ("y", "x")
+    assert set(np.unique(scl.values).tolist()) <= source_classes
+    assert {8, 9, 10} & set(np.unique(scl.values).tolist())
+
+
+def test_nodata_masked_and_valid_zero_kept(l1c_scene, l1c_dir, tmp_path):
+    with rasterio.open(l1c_dir / "B02.tif") as src:
+        profile = src.profile
+        values = src.read(1)
+    values[100:110, 200:230] = 0
+    for name, nodata in [("with_nodata.tif", 0), ("without_nodata.tif", None)]:
+        with rasterio.open(tmp_path / name, "w", **{**profile, "nodata": nodata}) as dst:
+            dst.write(values, 1)
+    base = l1c_scene.band("B02")
+    masked_band = replace(base, name="B02", href=str(tmp_path / "with_nodata.tif"), nodata=0)
+    valid_band = replace(base, name="B03", href=str(tmp_path / "without_nodata.tif"), nodata=None, wavelength_um=0.56)
+    scene = replace(l1c_scene, bands=(masked_band, valid_band))
+    geobox = plan_grid([scene])
+
+    ds = load_observation([scene], geobox, chunk_px=512)
+
+    stored = ds[layout.REFLECTANCE_VAR].values
+    assert (stored[0, 100:110, 200:230] == layout.REFLECTANCE_FILL).all()
+    assert (stored[1, 100:110, 200:230] == 0).all()
+    assert (stored[:, 90:100] != layout.REFLECTANCE_FILL).all()
+
+
+def test_overlapping_scenes_merge_first_valid(l1c_scene, l1c_dir, tmp_path):
+    with rasterio.open(l1c_dir / "B02.tif") as src:
+        profile = {**src.profile, "nodata": 0}
+        values = src.read(1)
+    first = values.copy()
+    first[:, 600:] = 0  # the first tile ends at column 600
+    second = values // 2
+    second[:, :400] = 0  # the second tile starts at column 400
+    for name, data in [("first.tif", first), ("second.tif", second)]:
+        with rasterio.open(tmp_path / name, "w", **profile) as dst:
+            dst.write(data, 1)
+    base = replace(l1c_scene.band("B02"), nodata=0)
+    scene_a = replace(l1c_scene, item_id="tile-a", bands=(replace(base, href=str(tmp_path / "first.tif")),))
+    scene_b = replace(
+        l1c_scene,
+        item_id="tile-b",
+        datetime_utc=l1c_scene.datetime_utc + timedelta(seconds=5),
+        bands=(replace(base, href=str(tmp_path / "second.tif")),),
+    )
+    (observation,) = group_observations([scene_b, scene_a]).values()
+    geobox = plan_grid(observation)
+
+    ds = load_observation(observation, geobox, chunk_px=256)
+
+    stored = ds[layout.REFLECTANCE_VAR].values[0]
+    np.testing.assert_array_equal(stored[:, :600], values[:, :600])
+    np.testing.assert_array_equal(stored[:, 600:], values[:, 600:] // 2)
+    assert ds.attrs["item_ids"] == ["tile-a", "tile-b"]
+
+
+def test_group_observations_splits_passes_and_collections(l1c_scene):
+    start = l1c_scene.datetime_utc
+    same_pass = replace(l1c_scene, item_id="b", datetime_utc=start + timedelta(seconds=4))
+    next_orbit = replace(l1c_scene, item_id="c", datetime_utc=start + timedelta(minutes=100))
+    other_product = replace(l1c_scene, item_id="d", collection="sentinel-2-l2a")
+
+    groups = group_observations([next_orbit, same_pass, l1c_scene, other_product])
+
+    assert list(groups) == sorted(groups)
+    assert len(groups) == 3
+    assert [scene.item_id for scene in groups["sentinel-2a_20160112_155642_sentinel-2-l1c"]] == [l1c_scene.item_id, "b"]
+    assert [scene.item_id for scene in groups["sentinel-2a_20160112_173642_sentinel-2-l1c"]] == ["c"]
+    assert [scene.item_id for scene in groups["sentinel-2a_20160112_155642_sentinel-2-l2a"]] == ["d"]
+
+
+def test_observation_id_is_filesystem_safe(l1c_scene):
+    scene = replace(l1c_scene, platform="GF 2/PMS", collection="gaofen:l1a")
+
+    observation_id = observation_id_of([scene])
+
+    assert observation_id == "gf-2-pms_20160112_155642_gaofen-l1a"
+
+
+def test_encode_reflectance_keeps_zero_and_clips():
+    encoded = encode_reflectance(np.array([0.0, -0.1, 0.12345, np.nan, 6.5535, -4.0]))
+
+    assert encoded.tolist() == [0, -1000, 1234, layout.REFLECTANCE_FILL, 32767, -32767]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"bands": ["B99"]}, KeyError, "no band 'B99'"),
+        ({"chunk_px": 0}, ValueError, "chunk_px must be a positive"),
+    ],
+)
+def test_load_observation_rejects_bad_input(l1c_scene, kwargs, error, message):
+    geobox = plan_grid([l1c_scene])
+
+    with pytest.raises(error, match=message):
+        load_observation([l1c_scene], geobox, **kwargs)
+
+
+def test_load_observation_rejects_mixed_sensors(l1c_scene):
+    other = replace(l1c_scene, platform="sentinel-2b")
+
+    with pytest.raises(ValueError, match="split them with group_observations"):
+        load_observation([l1c_scene, other], plan_grid([l1c_scene]))
+
+
+def test_input_cube_round_trip_local(l2a_scene, l2a_dir, tmp_path):
+    geobox = source_geobox(l2a_dir / "B04.tif").pad(4)
+    ds = load_observation([l2a_scene], geobox, bands=["B02", "B04", "B8A", "SCL"], chunk_px=256)
+    url = str(tmp_path / "inputs" / f"{ds.attrs['observation_id']}.zarr")
+
+    returned = write_input_cube(ds, url)
+
+    assert returned == url
+    back = open_dataset(url)
+    assert back[layout.REFLECTANCE_VAR].dtype == np.int16
+    assert back["SCL"].dtype == np.uint8
+    assert back.rio.crs.to_epsg() == 32629
+    assert tuple(back.rio.transform())[:6] == tuple(geobox.affine)[:6]
+    assert grid_of(back) == geobox
+    assert back[layout.REFLECTANCE_VAR].encoding["chunks"] == (3, 256, 256)
+    xr.testing.assert_equal(back[layout.REFLECTANCE_VAR].drop_vars("spatial_ref"), ds[layout.REFLECTANCE_VAR].drop_vars("spatial_ref").compute())
+    np.testing.assert_array_equal(back["SCL"].values, ds["SCL"].values)
+    assert back.attrs["observation_id"] == ds.attrs["observation_id"]
+    plain = xr.open_zarr(url, decode_coords="all", consolidated=False)
+    assert plain.rio.crs.to_epsg() == 32629
+    assert np.isnan(plain[layout.REFLECTANCE_VAR].values[:, 0, 0]).all()
+    np.testing.assert_allclose(plain[layout.REFLECTANCE_VAR].values[1, 4:-4, 4:-4], read_dn(l2a_dir / "B04.tif") * 1e-4, atol=1e-6)
