@@ -47,6 +47,7 @@ def search_items(
     max_retries: int = 4,
     backoff_s: float = 1.0,
     timeout_s: float = 60.0,
+    page_size: int = PAGE_SIZE,
 ) -> list[pystac.Item]:
     """Find the scenes that cover an area and time range.
 
@@ -80,6 +81,8 @@ def search_items(
         Retries of each request on HTTP 429/5xx, connection errors and
         timeouts, with exponential backoff starting at ``backoff_s`` seconds;
         ``timeout_s`` is the connect/read timeout per request.
+    page_size
+        Items requested per page from a STAC API.
 
     Returns
     -------
@@ -112,8 +115,17 @@ def search_items(
         sortby=sortby,
     )
     if not url.startswith(("http://", "https://")):
+        if not Path(url).expanduser().exists():
+            raise ValueError(
+                f"catalog source {source!r} is neither a preset ({', '.join(PRESETS)}), "
+                "an http(s) STAC API URL, nor an existing local catalog path"
+            )
         return search_local(Path(url), parameters)
-    return _search_api(url, parameters, max_retries=max_retries, backoff_s=backoff_s, timeout_s=timeout_s)
+    if page_size < 1:
+        raise ValueError(f"invalid page_size {page_size!r}; expected a positive number of items per page")
+    return _search_api(
+        url, parameters, max_retries=max_retries, backoff_s=backoff_s, timeout_s=timeout_s, page_size=page_size
+    )
 
 
 def open_client(url: str, *, max_retries: int = 4, backoff_s: float = 1.0, timeout_s: float = 60.0) -> Client:
@@ -150,7 +162,7 @@ def _api_error(url: str, error: APIError, max_retries: int) -> StacApiError:
 
 
 def _search_api(
-    url: str, parameters: SearchParameters, *, max_retries: int, backoff_s: float, timeout_s: float
+    url: str, parameters: SearchParameters, *, max_retries: int, backoff_s: float, timeout_s: float, page_size: int
 ) -> list[pystac.Item]:
     client = open_client(url, max_retries=max_retries, backoff_s=backoff_s, timeout_s=timeout_s)
     search_url = f"{url.rstrip('/')}/search"
@@ -180,7 +192,7 @@ def _search_api(
         logger.info("%s does not support sorting; fetching every match to sort it here", url)
     # Without server-side sorting, the first `limit` items are not the best `limit` ones.
     stop_after = parameters.limit if (parameters.sortby is None or server_sorts) else None
-    page_size = min(PAGE_SIZE, stop_after) if stop_after else PAGE_SIZE
+    page_size = min(page_size, stop_after) if stop_after else page_size
 
     search = client.search(limit=page_size, **{k: v for k, v in arguments.items() if v is not None})
     unique, matched, duplicates, exhausted = _collect_pages(search, search_url, stop_after, max_retries)
@@ -193,7 +205,7 @@ def _search_api(
     if parameters.limit is not None:
         ordered = ordered[: parameters.limit]
     logger.info("search of %s: %d items (server matched %s)", search_url, len(ordered), matched)
-    return [pystac.Item.from_dict(item, preserve_dict=False) for item in ordered]
+    return [pystac.Item.from_dict(item, preserve_dict=False, migrate=False) for item in ordered]
 
 
 def _collect_pages(
