@@ -27,6 +27,7 @@ from rasterio.windows import Window
 from pipeline import layout
 from pipeline.completion import open_mosaic
 from pipeline.legend import legend_from_attrs
+from pipeline.mosaic_inputs import geobox_of
 from pipeline.quicklooks import write_quicklooks
 
 __all__ = ["COG_LAYERS", "InvalidCOGError", "export_cogs", "validate_cog", "write_quicklooks"]
@@ -44,6 +45,7 @@ class InvalidCOGError(ValueError):
 def _write_tiled_geotiff(mosaic_url: str, layer: str, path: Path) -> str:
     """Stream one layer into a tiled GeoTIFF; return the overview resampling for it."""
     dataset = open_mosaic(mosaic_url)
+    geobox = geobox_of(dataset, mosaic_url)
     variable = dataset[layer]
     nodata = variable.attrs.get("nodata")
     profile = {
@@ -52,8 +54,8 @@ def _write_tiled_geotiff(mosaic_url: str, layer: str, path: Path) -> str:
         "height": int(variable.sizes["y"]),
         "count": 1,
         "dtype": str(variable.dtype),
-        "crs": dataset.rio.crs,
-        "transform": dataset.rio.transform(),
+        "crs": geobox.crs.to_wkt(),
+        "transform": geobox.affine,
         "nodata": nodata,
         "tiled": True,
         "blockxsize": COG_BLOCK_PX,
@@ -162,7 +164,8 @@ def validate_cog(path: str | Path) -> None:
         if not source.profile.get("tiled") or block_y != block_x:
             problems.append(f"blocks are {block_y}x{block_x} and tiled is {source.profile.get('tiled')}; expected square tiles")
         overview_factors = source.overviews(1)
-        if max(source.width, source.height) > block_x and not overview_factors:
+        tile_px = block_x if source.profile.get("tiled") else COG_BLOCK_PX
+        if max(source.width, source.height) > tile_px and not overview_factors:
             problems.append(f"{source.width}x{source.height} image larger than one tile has no overviews")
         if source.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") != "COG":
             problems.append("GDAL reports no COG layout (the ghost header of the COG driver is missing)")

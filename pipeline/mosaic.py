@@ -41,7 +41,7 @@ from pipeline import layout
 from pipeline.completion import clear_complete, is_complete, mark_complete, open_mosaic
 from pipeline.compositing import STACK_LAYERS, CompositeMethod, COMPOSITE_METHODS, composite_stack
 from pipeline.legend import LegendEntry, legend_attrs, legend_from_attrs, normalize_legend
-from pipeline.mosaic_inputs import PredictionInputs, open_predictions
+from pipeline.mosaic_inputs import PredictionInputs, geobox_of, open_predictions
 from pipeline.overviews import downsample_level, multiscales_attrs, overview_shapes
 
 __all__ = ["MosaicOptions", "build_mosaic", "describe_mosaic", "open_mosaic"]
@@ -332,8 +332,9 @@ def describe_mosaic(url: str) -> dict[str, Any]:
     """
     dataset = xr.open_zarr(url, decode_coords="all", zarr_format=3, consolidated=False)
     root_attrs = dict(zarr.open_group(url, mode="r", zarr_format=3).attrs)
-    crs = dataset.rio.crs
-    transform = dataset.rio.transform()
+    geobox = geobox_of(dataset, url)
+    crs = geobox.crs
+    transform = geobox.affine
     summary: dict[str, Any] = {
         "url": str(url),
         "complete": is_complete(url),
@@ -342,11 +343,11 @@ def describe_mosaic(url: str) -> dict[str, Any]:
             for name, variable in dataset.data_vars.items()
         },
         "grid": {
-            "crs": crs.to_string() if crs is not None else None,
-            "epsg": crs.to_epsg() if crs is not None else None,
+            "crs": f"EPSG:{crs.epsg}" if crs.epsg is not None else crs.to_wkt(),
+            "epsg": crs.epsg,
             "resolution_m": [abs(transform.a), abs(transform.e)],
-            "shape": [int(dataset.sizes["y"]), int(dataset.sizes["x"])],
-            "bounds": list(dataset.rio.bounds()),
+            "shape": [int(geobox.shape.y), int(geobox.shape.x)],
+            "bounds": list(geobox.extent.boundingbox),
         },
         "overview_levels": len(root_attrs.get("multiscales", {}).get("layout", [None])) - 1,
         "time_range": [root_attrs.get("start_datetime"), root_attrs.get("end_datetime")],
