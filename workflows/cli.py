@@ -16,10 +16,20 @@ logger = logging.getLogger("workflows.cli")
 
 
 def _configure_logging(verbose: int) -> None:
+    import dask
+    import distributed  # noqa: F401  (installs its own handlers on import; quieted below)
+
     level = logging.WARNING if verbose < 0 else logging.INFO if verbose == 0 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("distributed", "rasterio", "botocore", "urllib3", "fsspec", "s3fs", "asyncio"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # Dask's own lifecycle messages are detail for -v; worker processes read
+    # the level from dask's config, which they inherit from this process.
+    third_party_level = logging.INFO if verbose > 0 else logging.WARNING
+    dask.config.set({"logging.distributed": logging.getLevelName(third_party_level).lower()})
+    for noisy in ("distributed", "rasterio", "botocore", "urllib3", "fsspec", "s3fs", "asyncio", "numba"):
+        logger_ = logging.getLogger(noisy)
+        logger_.setLevel(third_party_level)
+        for handler in list(logger_.handlers):
+            logger_.removeHandler(handler)
 
 
 class _Bars:

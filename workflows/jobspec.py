@@ -114,6 +114,13 @@ class RasterSource(_Frozen):
     rasters: str
     sensor: str | None = None
     collection: str = "local"
+    datetime: str | None = Field(
+        default=None, description="acquisition time (RFC 3339 or YYYY-MM-DD) when the file names do not carry it"
+    )
+    offset: float | None = Field(
+        default=None,
+        description="reflectance offset of the files (Sentinel-2: 0.0 before processing baseline 04.00, -0.1 from it on)",
+    )
     bands: tuple[str, ...] | None = None
 
 
@@ -143,7 +150,10 @@ class GridSpec(_Frozen):
 
 
 class TilingSpec(_Frozen):
-    overlap_px: int = Field(default=32, ge=0, description="overlap between neighbouring tiles, pixels")
+    overlap_px: int | None = Field(
+        default=None, ge=0, description="overlap between neighbouring tiles, pixels; default: overlap_fraction of the tile"
+    )
+    overlap_fraction: float = Field(default=0.25, ge=0, le=0.5, description="overlap as a fraction of the tile side")
     block_px: int = Field(default=1024, ge=64, description="side of one inference block (Zarr chunk), pixels")
     patch_size: int | None = Field(default=None, gt=0, description="override the resolution-matched patch size")
     batch_size: int = Field(default=8, gt=0)

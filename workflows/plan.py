@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ from pipeline.grid import plan_grid
 from pipeline.ingest import group_observations
 from pipeline.model import ModelCard, load_card
 from pipeline.stores import join_url
-from pipeline.tiling import choose_patch_size
+from pipeline.inference import InferenceOptions
+from pipeline.tiling import choose_patch_size, tile_grid
 from workflows.jobspec import CatalogSource, JobError, JobSpec, RasterSource
 from workflows.resolve import resolve_card_path, resolve_raster_folder
 
@@ -116,7 +116,10 @@ def find_scenes(job: JobSpec) -> list[SceneDescription]:
             catalog_dir = Path(job.output_root) / "catalog" / source.collection
             if "://" in job.output_root:
                 catalog_dir = Path(".fleximo-catalogs") / job.name / source.collection
-            build_local_catalog([folder], catalog_dir, sensor=source.sensor, collection=source.collection)
+            build_local_catalog(
+                [folder], catalog_dir, sensor=source.sensor, collection=source.collection,
+                datetime=source.datetime, offset=source.offset,
+            )
             location = str(catalog_dir)
             collections: Sequence[str] | None = [source.collection]
             max_cloud = None
@@ -171,12 +174,17 @@ def load_cards(job: JobSpec) -> tuple[dict[str, ModelCard], dict[str, Path]]:
     return cards, paths
 
 
-def count_tiles(height: int, width: int, tile_px: int, overlap_px: int) -> int:
-    """Count the tiles of a scene grid with the given tile size and overlap."""
-    stride = max(tile_px - overlap_px, 1)
-    rows = 1 if height <= tile_px else math.ceil((height - tile_px) / stride) + 1
-    cols = 1 if width <= tile_px else math.ceil((width - tile_px) / stride) + 1
-    return rows * cols
+def inference_options(job: JobSpec) -> InferenceOptions:
+    """Return the inference stage's options for the job's tiling section."""
+    tiling = job.tiling
+    return InferenceOptions(
+        overlap_px=tiling.overlap_px,
+        overlap_fraction=tiling.overlap_fraction,
+        block_px=tiling.block_px,
+        batch_size=tiling.batch_size,
+        precision=tiling.precision,
+        patch_size_override=tiling.patch_size,
+    )
 
 
 def make_plan(job: JobSpec) -> RunPlan:
@@ -195,6 +203,7 @@ def make_plan(job: JobSpec) -> RunPlan:
     )
     height, width = geobox.shape
     grid_resolution_m = abs(geobox.resolution.x)
+    options = inference_options(job)
 
     observations = []
     for observation_id, members in sorted(group_observations(scenes).items()):
@@ -208,7 +217,8 @@ def make_plan(job: JobSpec) -> RunPlan:
             )
             patch_size[product] = patch
             tile_px[product] = patch * card.token_grid
-            tiles[product] = count_tiles(height, width, tile_px[product], job.tiling.overlap_px)
+            overlap_px = options.overlap_for(tile_px[product])
+            tiles[product] = len(tile_grid(height, width, tile_px[product], overlap_px))
             logger.info(
                 "observation %s, %s: GSD %.1f m -> patch size %d, tiles of %d px",
                 observation_id, product, gsd_m, patch, tile_px[product],

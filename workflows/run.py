@@ -22,14 +22,14 @@ import distributed
 from cluster import load_profile, start_cluster
 from pipeline import layout
 from pipeline.exports import export_cogs, write_quicklooks
-from pipeline.inference import InferenceOptions, run_inference
+from pipeline.inference import run_inference
 from pipeline.ingest import load_observation, write_input_cube
 from pipeline.manifest import Manifest
 from pipeline.mosaic import MosaicOptions, build_mosaic
 from pipeline.stac_output import write_output_item
 from pipeline.stores import join_url
 from workflows.jobspec import JobSpec
-from workflows.plan import RunPlan, make_plan
+from workflows.plan import RunPlan, inference_options, make_plan
 
 logger = logging.getLogger(__name__)
 
@@ -108,14 +108,7 @@ def _ingest(plan: RunPlan, client: distributed.Client, manifest: Manifest, progr
 def _infer(
     plan: RunPlan, client: distributed.Client, manifest: Manifest, progress: Progress | None
 ) -> tuple[int, int]:
-    tiling = plan.job.tiling
-    options = InferenceOptions(
-        overlap_px=tiling.overlap_px,
-        block_px=tiling.block_px,
-        batch_size=tiling.batch_size,
-        precision=tiling.precision,
-        patch_size_override=tiling.patch_size,
-    )
+    options = inference_options(plan.job)
     tiles_run = tiles_skipped = 0
     for observation in plan.observations:
         if plan.job.resume and manifest.is_done("infer", observation.observation_id):
@@ -202,6 +195,12 @@ def run_job(
     if stop_after is not None and stop_after not in STAGES:
         raise ValueError(f"stop_after={stop_after!r} is not a stage; expected one of {', '.join(STAGES)}")
     plan = plan or make_plan(job)
+    if client is None:
+        with start_cluster(load_profile(job.cluster)) as own_client:
+            return run_job(job, plan=plan, stop_after=stop_after, client=own_client, progress=progress, on_cluster=on_cluster)
+    if on_cluster:
+        on_cluster(client)
+
     manifest = Manifest.open(job.output_root)
     manifest.record_plan(plan.summary(), provenance(plan))
     for product in seeded_random_products(plan):
@@ -210,12 +209,6 @@ def run_job(
             "not real classes; pass a trained checkpoint's card for a real map",
             product, plan.cards[product].name,
         )
-
-    if client is None:
-        with start_cluster(load_profile(job.cluster)) as own_client:
-            return run_job(job, plan=plan, stop_after=stop_after, client=own_client, progress=progress, on_cluster=on_cluster)
-    if on_cluster:
-        on_cluster(client)
 
     seconds: dict[str, float] = {}
     skipped: list[str] = []
