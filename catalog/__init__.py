@@ -8,6 +8,7 @@ so that later stages never guess.
 from catalog.builder import build_local_catalog
 from catalog.describe import describe_item
 from catalog.gaofen import build_gaofen_items
+from catalog.pgstac_load import load_into_pgstac
 from catalog.presets import PRESETS, CatalogPreset
 from catalog.radiometry import read_sentinel2_product_metadata, sentinel2_offset
 from catalog.scene import BandInfo, SceneDescription
@@ -29,6 +30,7 @@ __all__ = [
     "describe_item",
     "find_sensor",
     "format_scene_table",
+    "load_into_pgstac",
     "read_sentinel2_product_metadata",
     "search_items",
     "sentinel2_offset",

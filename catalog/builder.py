@@ -59,7 +59,7 @@ def build_local_catalog(
         Scene folders, each holding one raster file per band (GeoTIFF or
         JPEG 2000; the format is read from the file, not its name).
     out_dir
-        Folder that receives ``catalog.json`` and ``<item id>/<item id>.json``.
+        Folder that receives the static catalog (see :func:`write_local_catalog`).
         Asset hrefs are absolute paths to the source files.
     sensor
         Platform (``"sentinel-2a"``, ``"landsat-8"``, ``"gf2"``) or sensor table
@@ -102,11 +102,25 @@ def build_local_catalog(
 
 
 def write_local_catalog(items: Sequence[pystac.Item], out_dir: Path, *, catalog_id: str, description: str) -> Path:
-    """Write items and a ``catalog.json`` linking them into ``out_dir``; return the catalog path."""
+    """Write items as a static catalog under ``out_dir``; return the path of its ``catalog.json``.
+
+    Layout: ``catalog.json`` links one ``<collection>/collection.json`` per
+    collection id of the items, which links ``<collection>/<item id>/<item id>.json``.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     catalog = pystac.Catalog(id=catalog_id, description=description)
+    by_collection: dict[str, list[pystac.Item]] = {}
     for item in items:
-        catalog.add_item(item)
+        by_collection.setdefault(item.collection_id or "items", []).append(item)
+    for collection_id, members in by_collection.items():
+        collection = pystac.Collection(
+            id=collection_id,
+            description=f"{description}: collection {collection_id}",
+            extent=pystac.Extent.from_items(members),
+            license="other",
+        )
+        collection.add_items(members)
+        catalog.add_child(collection)
     catalog.normalize_hrefs(str(out_dir.resolve()))
     catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
     logger.info("wrote %d items to the local catalog %s", len(items), out_dir)

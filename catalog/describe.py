@@ -47,7 +47,8 @@ def describe_item(item: pystac.Item | Mapping[str, Any], *, bands: Sequence[str]
         their catalog aliases (``"red"``), in the order the model expects.
         ``None`` selects every spectral band of the sensor table found in the
         item, in wavelength order, followed by its classification and quality
-        layers (e.g. Sentinel-2 ``SCL``).
+        layers (e.g. Sentinel-2 ``SCL``). Panchromatic bands are selected only
+        by name.
 
     Returns
     -------
@@ -191,7 +192,7 @@ def _select_bands(
     requested: Sequence[str] | None,
 ) -> list[tuple[SensorBand, str, dict, int]]:
     if requested is None:
-        return [candidates[b.name] for b in sensor.bands if b.name in candidates]
+        return [candidates[b.name] for b in sensor.bands if b.name in candidates and b.default]
     if isinstance(requested, str):
         raise ValueError(f"bands must be a sequence of band names, got the string {requested!r}")
 

@@ -126,6 +126,8 @@ def read_gaofen_xml(path: str | Path) -> GaofenImageMetadata:
         except ValueError:
             raise ValueError(f"{path}: <{field}> holds {raw!r}, expected a number") from None
 
+    satellite = text("satellite").upper()
+    sensor = text("sensor").upper()
     corners = []
     for corner in _CORNERS:
         lat = number(f"{corner}Latitude")
@@ -147,8 +149,8 @@ def read_gaofen_xml(path: str | Path) -> GaofenImageMetadata:
     view_elevation = number("view_elevation", False)
     orbit = text("orbit", False)
     return GaofenImageMetadata(
-        satellite=text("satellite").upper(),
-        sensor=text("sensor").upper(),
+        satellite=satellite,
+        sensor=sensor,
         product_id=text("product_id", False),
         scene_id=text("scene_id", False),
         orbit=int(orbit) if orbit and orbit.isdigit() else None,

@@ -66,7 +66,7 @@ def _folder_items(folder: Path) -> list[pystac.Item]:
         except json.JSONDecodeError as error:
             raise ValueError(f"{file}: invalid JSON ({error}); remove it from the catalog folder or fix it") from None
         if isinstance(data, dict) and data.get("type") == "Feature":
-            item = pystac.Item.from_dict(data, preserve_dict=False)
+            item = pystac.Item.from_dict(data, preserve_dict=False, migrate=False)
             item.set_self_href(str(file.resolve()))
             items.append(item)
     if not items:

@@ -34,7 +34,9 @@ class SensorBand:
 
     ``wavelength_um`` is ``None`` for non-spectral layers (classification,
     quality). ``aliases`` are other names catalogs use for the band as asset
-    key or ``eo:bands`` name, compared case-insensitively.
+    key or ``eo:bands`` name, compared case-insensitively. ``default`` bands
+    are selected when the caller names none; panchromatic bands are not,
+    because they come at another GSD than the multispectral ones.
     """
 
     name: str
@@ -43,6 +45,7 @@ class SensorBand:
     aliases: tuple[str, ...] = ()
     role: BandRole = "reflectance"
     fwhm_um: float | None = None
+    default: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +122,7 @@ LANDSAT_OLI = Sensor(
         SensorBand("B1", 0.443, 30.0, ("coastal", "oli_b1", "sr_b1")),
         SensorBand("B2", 0.482, 30.0, ("blue", "oli_b2", "sr_b2")),
         SensorBand("B3", 0.562, 30.0, ("green", "oli_b3", "sr_b3")),
-        SensorBand("B8", 0.590, 15.0, ("pan", "oli_b8")),
+        SensorBand("B8", 0.590, 15.0, ("pan", "oli_b8"), default=False),
         SensorBand("B4", 0.655, 30.0, ("red", "oli_b4", "sr_b4")),
         SensorBand("B5", 0.865, 30.0, ("nir08", "nir", "oli_b5", "sr_b5")),
         SensorBand("B9", 1.373, 30.0, ("cirrus", "oli_b9")),
@@ -148,7 +151,7 @@ GF1_PMS = Sensor(
     key="gf1-pms",
     platforms=("gf1", "gaofen-1", "gf1b", "gf1c", "gf1d"),
     instruments=("pms", "pms1", "pms2"),
-    bands=(*_gaofen_ms_bands(8.0), SensorBand("PAN", 0.675, 2.0, ("pan", "b5"), fwhm_um=0.45)),
+    bands=(*_gaofen_ms_bands(8.0), SensorBand("PAN", 0.675, 2.0, ("pan", "b5"), fwhm_um=0.45, default=False)),
     nodata=0.0,
     radiometry="dn",
 )
@@ -164,7 +167,7 @@ GF2_PMS = Sensor(
     key="gf2-pms",
     platforms=("gf2", "gaofen-2"),
     instruments=("pms", "pms1", "pms2"),
-    bands=(*_gaofen_ms_bands(3.2), SensorBand("PAN", 0.675, 0.8, ("pan", "b5"), fwhm_um=0.45)),
+    bands=(*_gaofen_ms_bands(3.2), SensorBand("PAN", 0.675, 0.8, ("pan", "b5"), fwhm_um=0.45, default=False)),
     nodata=0.0,
     radiometry="dn",
 )

@@ -23,6 +23,8 @@ from typing import Any
 
 import requests
 
+from catalog.pgstac_load import load_into_pgstac
+
 START_TIMEOUT_S = 30.0
 
 
@@ -85,15 +87,9 @@ class PgstacServer:
             db.query_one("INSERT INTO pgstac.pgstac_settings (name, value) VALUES ('context', 'on') "
                          "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value RETURNING name")
 
-    def load(self, collections: Iterable[dict[str, Any]], items: Iterable[dict[str, Any]]) -> None:
-        """Insert collections, then items, through pypgstac's loader."""
-        from pypgstac.db import PgstacDB
-        from pypgstac.load import Loader, Methods
-
-        with PgstacDB(dsn=self.dsn) as db:
-            loader = Loader(db=db)
-            loader.load_collections(iter(list(collections)), insert_mode=Methods.upsert)
-            loader.load_items(iter(list(items)), insert_mode=Methods.upsert)
+    def load(self, items: Iterable[dict[str, Any]]) -> None:
+        """Insert items, and a collection per collection id, through the project's pgstac loader."""
+        load_into_pgstac(list(items), self.dsn)
 
     def start_api(self) -> None:
         """Start stac-fastapi-pgstac under uvicorn and wait until it answers."""
@@ -143,7 +139,7 @@ class PgstacServer:
 
 
 @contextlib.contextmanager
-def running_pgstac(workdir: Path, collections: Iterable[dict[str, Any]], items: Iterable[dict[str, Any]]) -> Iterator[PgstacServer]:
+def running_pgstac(workdir: Path, items: Iterable[dict[str, Any]]) -> Iterator[PgstacServer]:
     """Run a loaded pgstac STAC API for the duration of the ``with`` block."""
     bin_dir = find_postgres_bin()
     if bin_dir is None:
@@ -151,7 +147,7 @@ def running_pgstac(workdir: Path, collections: Iterable[dict[str, Any]], items: 
     server = PgstacServer(workdir, bin_dir)
     try:
         server.start_database()
-        server.load(collections, items)
+        server.load(items)
         server.start_api()
         yield server
     finally:
