@@ -13,6 +13,7 @@ from catalog.presets import PRESETS, CatalogPreset
 from catalog.radiometry import read_sentinel2_product_metadata, sentinel2_offset
 from catalog.scene import BandInfo, SceneDescription
 from catalog.search import StacApiError, search_items
+from catalog.signing import sign_planetary_computer_href
 from catalog.sensors import SENSORS, Sensor, SensorBand, find_sensor
 from catalog.table import format_scene_table
 
@@ -34,4 +35,5 @@ __all__ = [
     "read_sentinel2_product_metadata",
     "search_items",
     "sentinel2_offset",
+    "sign_planetary_computer_href",
 ]

@@ -86,7 +86,7 @@ def build_local_catalog(
     Raises
     ------
     FileNotFoundError
-        When a source folder is missing or holds no band file.
+        When a source folder is missing or contains no band file.
     ValueError
         When the sensor, acquisition time or band of a file cannot be
         determined.
@@ -241,7 +241,7 @@ def _band_files(folder: Path, table: Sensor) -> dict[str, Path]:
             logger.info("skipping %s: its name does not contain a %s band name", path.name, table.key)
             continue
         if band.name in found:
-            raise ValueError(f"{folder} holds two files for band {band.name}: {found[band.name].name} and {path.name}")
+            raise ValueError(f"{folder} contains two files for band {band.name}: {found[band.name].name} and {path.name}; keep one")
         found[band.name] = path
     if not found:
         raise FileNotFoundError(

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 MAP_PROJECTED_PROPERTY = "fleximo:map_projected"
 
 _SKIPPED_ROLES = {"thumbnail", "overview", "metadata", "visual", "tiles"}
-# Wavelengths above this are taken to be in nm (the longest thermal band is ~12.5 µm).
+# Wavelengths above this are taken to be in nm, because thermal bands end near 12.5 µm.
 _MAX_WAVELENGTH_UM = 20.0
 _S2_ID = re.compile(r"^S2([ABC])_", re.IGNORECASE)
 
@@ -160,7 +160,7 @@ def _resolve_sensor(item_dict: Mapping[str, Any]) -> tuple[Sensor, str, str]:
 
 
 def _band_assets(item_dict: Mapping[str, Any], sensor: Sensor) -> dict[str, tuple[SensorBand, str, dict, int]]:
-    """Map sensor band names to the best asset holding them: (band, asset key, asset, 1-based index)."""
+    """Map sensor band names to the best asset containing them: (band, asset key, asset, 1-based index)."""
     found: dict[str, tuple[tuple[int, ...], tuple[SensorBand, str, dict, int]]] = {}
     for key, asset in (item_dict.get("assets") or {}).items():
         roles = set(asset.get("roles") or [])

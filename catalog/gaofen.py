@@ -2,9 +2,9 @@
 
 A delivery folder holds, per image, the GeoTIFF, its metadata XML and its
 RPC file (``.rpb``): ``<id>-MSS1.*`` and ``<id>-PAN1.*`` for PMS products,
-``<id>.*`` for WFV. Level-1A images are not map-projected: the items say so
+``<id>.*`` for WFV. Level-1A images are not map-projected, so the items mark them
 (``fleximo:map_projected`` false, ``proj:epsg`` null) and carry the RPC file
-as an asset, so ingest can orthorectify them.
+as an asset for orthorectification.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ _IMAGE_SUFFIXES = (".tiff", ".tif", ".TIFF", ".TIF")
 class RadianceCalibration:
     """Absolute calibration of one band: ``radiance = gain * DN + bias``.
 
-    ``gain`` and ``bias`` in W m⁻² sr⁻¹ µm⁻¹ per DN and W m⁻² sr⁻¹ µm⁻¹, as
-    published yearly per satellite and sensor by the data provider; ``esun``
+    ``gain`` (W m⁻² sr⁻¹ µm⁻¹ per DN) and ``bias`` (W m⁻² sr⁻¹ µm⁻¹) are
+    published yearly per satellite and sensor by the data provider. ``esun``
     is the band's mean exoatmospheric solar irradiance in W m⁻² µm⁻¹.
     """
 
@@ -58,9 +58,9 @@ def build_gaofen_items(
     Parameters
     ----------
     delivery_dirs
-        Delivery folders with the images' ``.xml`` metadata and ``.rpb`` RPC
-        files (and the ``.tiff`` images; a missing image is logged and its
-        asset still points where the image belongs).
+        Delivery folders with the images' ``.xml`` metadata, ``.rpb`` RPC
+        files and ``.tiff`` images. A missing image is logged, and its asset
+        still points where the image belongs.
     out_dir
         Folder that receives ``catalog.json`` and the item files.
     collection

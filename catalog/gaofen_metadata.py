@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 BEIJING_TIME = timezone(timedelta(hours=8))
 
 # Field -> tag names used by the known layouts, in order of preference.
+# NOTE: only the short layout was checked against real files; the alternate
+# names stand for the longer layout and have not been seen in a delivery.
 _FIELDS: dict[str, tuple[str, ...]] = {
     "satellite": ("SatelliteID", "SatelliteId", "Satellite"),
     "sensor": ("SensorID", "SensorId", "Sensor"),
@@ -49,7 +51,7 @@ _CORNERS = ("TopLeft", "TopRight", "BottomRight", "BottomLeft")
 
 @dataclasses.dataclass(frozen=True)
 class GaofenImageMetadata:
-    """What one image's XML says, converted to standard units.
+    """Metadata of one image, read from its XML and converted to standard units.
 
     Times are aware UTC datetimes; angles in degrees; ``corners_lonlat`` in
     the order top-left, top-right, bottom-right, bottom-left (EPSG:4326);
@@ -124,7 +126,7 @@ def read_gaofen_xml(path: str | Path) -> GaofenImageMetadata:
         try:
             return float(raw)
         except ValueError:
-            raise ValueError(f"{path}: <{field}> holds {raw!r}, expected a number") from None
+            raise ValueError(f"{path}: invalid <{field}> value {raw!r}; expected a number") from None
 
     satellite = text("satellite").upper()
     sensor = text("sensor").upper()

@@ -24,7 +24,7 @@ def load_local_items(path: str | Path) -> list[pystac.Item]:
     """Load every item of a static catalog (``catalog.json``) or a folder of item JSON files.
 
     A folder that contains ``catalog.json`` or ``collection.json`` is read as
-    a static catalog through its links; any other folder is scanned
+    a static catalog through its links. Any other folder is scanned
     recursively for GeoJSON Feature files.
 
     Raises
@@ -94,7 +94,7 @@ def search_local(path: str | Path, parameters: SearchParameters) -> list[pystac.
         if not parameters.matches_cloud_cover(item_dict):
             continue
         if item.id in matched:
-            logger.warning("local catalog %s holds item id %s more than once; keeping the first", path, item.id)
+            logger.warning("local catalog %s contains item id %s more than once; keeping the first", path, item.id)
             continue
         matched[item.id] = (item, item_dict)
 

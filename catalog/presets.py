@@ -16,10 +16,10 @@ SigningKind = Literal["none", "planetary-computer"]
 class CatalogPreset:
     """A public STAC API: its URL, the collections it serves and the default one.
 
-    ``signing`` says how asset hrefs must be authorized at read time:
-    Planetary Computer blob URLs need a SAS token appended
-    (:func:`catalog.signing.sign_href`); tokens expire, so they are added
-    when a worker opens the file, never stored in a search result.
+    ``signing`` names how asset hrefs are authorized at read time. Planetary
+    Computer blob URLs need a SAS token appended
+    (:func:`catalog.sign_planetary_computer_href`). Tokens expire, so they are
+    added when a worker opens the file and never stored in a search result.
     """
 
     name: str

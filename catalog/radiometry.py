@@ -2,7 +2,7 @@
 
 From processing baseline 04.00 (January 2022, and every product of the
 reprocessed Collection 1) ESA stores L1C and L2A reflectance with an added
-offset of 1000 DN, so that ``reflectance = (DN - 1000) / 10000``; the product
+offset of 1000 DN, so that ``reflectance = (DN - 1000) / 10000``. The product
 metadata declares it as ``RADIO_ADD_OFFSET`` (L1C) or ``BOA_ADD_OFFSET``
 (L2A). Earlier baselines store ``DN / 10000``. The offset belongs to the
 product, so it is decided from its baseline, never from the sensing date: a
@@ -108,7 +108,7 @@ class Sentinel2ProductMetadata:
 
 
 def _band_name(physical_band: str) -> str:
-    # Product metadata says "B1", "B8A"; catalogs and the sensor table say "B01", "B8A".
+    # Product metadata names bands "B1", "B8A"; catalogs and the sensor table use "B01", "B8A".
     suffix = physical_band[1:]
     return f"B{int(suffix):02d}" if suffix.isdigit() else physical_band
 

@@ -70,7 +70,7 @@ def search_items(
     max_cloud_cover
         Maximum ``eo:cloud_cover`` in percent. Sent as a CQL2 filter where the
         server conforms to the Filter extension, as ``query`` otherwise, and
-        always checked on the results; items with unknown cover are dropped.
+        always checked on the results. Items with unknown cover are dropped.
     limit
         Maximum number of items returned; ``None`` pages through all matches.
     sortby
@@ -198,10 +198,11 @@ def _search_api(
     unique, matched, duplicates, exhausted = _collect_pages(search, search_url, stop_after, max_retries)
     _check_count(search_url, unique, matched, duplicates, exhausted, stop_after)
 
-    kept = [item for item in unique.values() if parameters.matches_cloud_cover(item)]
-    if len(kept) < len(unique):
-        logger.info("dropped %d items above %s%% cloud cover or without cloud cover", len(unique) - len(kept), parameters.max_cloud_cover)
-    ordered = parameters.sort(kept) if not server_sorts else kept
+    within_cloud_cover = [item for item in unique.values() if parameters.matches_cloud_cover(item)]
+    dropped = len(unique) - len(within_cloud_cover)
+    if dropped:
+        logger.info("dropped %d items above %s%% cloud cover or without cloud cover", dropped, parameters.max_cloud_cover)
+    ordered = within_cloud_cover if server_sorts else parameters.sort(within_cloud_cover)
     if parameters.limit is not None:
         ordered = ordered[: parameters.limit]
     logger.info("search of %s: %d items (server matched %s)", search_url, len(ordered), matched)

@@ -1,4 +1,4 @@
-"""Built-in band tables of the sensors the pipeline knows.
+"""Built-in band tables of the sensors the pipeline supports.
 
 Each table lists a sensor's bands in wavelength order with centre wavelength
 (µm), native GSD (m), the names catalogs use for them, and the radiometry of
@@ -54,8 +54,8 @@ class Sensor:
 
     ``scale`` and ``offset`` turn stored values of the sensor's standard
     product into reflectance (``reflectance = value * scale + offset``) when
-    an item declares nothing; ``radiometry`` is ``"dn"`` for products whose
-    values are raw counts that need per-scene calibration first.
+    an item declares nothing. ``radiometry`` is ``"dn"`` for products whose
+    values are raw counts, which need per-scene calibration first.
     """
 
     key: str
@@ -69,9 +69,9 @@ class Sensor:
 
     def find_band(self, name: str) -> SensorBand | None:
         """Return the band whose name or alias is ``name`` (case-insensitive), or ``None``."""
-        wanted = name.strip().lower()
+        requested = name.strip().lower()
         for band in self.bands:
-            if band.name.lower() == wanted or wanted in (alias.lower() for alias in band.aliases):
+            if band.name.lower() == requested or requested in (alias.lower() for alias in band.aliases):
                 return band
         return None
 

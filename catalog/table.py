@@ -25,9 +25,10 @@ def format_scene_table(scenes: Sequence[SceneDescription]) -> str:
     """Format scenes as an aligned text table, one row per scene.
 
     Columns: acquisition date and time (UTC, to the minute), cloud cover in
-    percent (``-`` when unknown), sensor (platform/instrument, ``L1A`` marks
-    imagery that is not map-projected), finest GSD of the reflectance bands in
-    metres, footprint area in km², and the item id. Rows keep the order given.
+    percent (``-`` when unknown), sensor as platform/instrument, finest GSD of
+    the reflectance bands in metres, footprint area in km², and the item id.
+    ``L1A`` after the sensor marks imagery that is not map-projected. Rows
+    keep the order given.
     """
     rows = [_HEADER]
     for scene in scenes:

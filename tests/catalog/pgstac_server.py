@@ -92,7 +92,7 @@ class PgstacServer:
         load_into_pgstac(list(items), self.dsn)
 
     def start_api(self) -> None:
-        """Start stac-fastapi-pgstac under uvicorn and wait until it answers."""
+        """Start stac-fastapi-pgstac under uvicorn and wait until it responds."""
         env = {
             **os.environ,
             "STAC_FASTAPI_TITLE": "fleximo test catalog", "STAC_FASTAPI_DESCRIPTION": "pgstac test server",

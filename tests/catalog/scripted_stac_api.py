@@ -1,4 +1,4 @@
-"""A tiny STAC API on 127.0.0.1 whose responses a test scripts: failures, slow answers, faulty paging.
+"""A tiny STAC API on 127.0.0.1 whose responses a test scripts: failures, slow responses, faulty paging.
 
 Real servers do not fail on demand, so the retry and paging-fault tests use
 this one; everything else runs against the pgstac server.
@@ -24,10 +24,10 @@ QUERY = "https://api.stacspec.org/v1.0.0/item-search#query"
 class Script:
     """What the server does.
 
-    ``failures`` lists, in order, the HTTP statuses (or ``"slow"`` for an
-    answer after ``slow_s`` seconds) of the first requests; ``fail_always``
-    answers every request with that status, ``fail_searches`` every search
-    request (the landing page still works). ``pages`` are the feature lists
+    ``failures`` lists, in order, the HTTP statuses (or ``"slow"`` for a
+    response after ``slow_s`` seconds) of the first requests. With
+    ``fail_always`` every request fails with that status, with
+    ``fail_searches`` every search request (the landing page still works). ``pages`` are the feature lists
     of successive search pages; ``number_matched`` is reported on each page.
     """
 

@@ -40,7 +40,8 @@ def test_earth_search_l2a_bands(earth_search_page):
         assert band.wavelength_um == eo_band["center_wavelength"]
         assert band.gsd_m == S2_GSD_M[band.name]
         assert (band.scale, band.offset, band.nodata) == (0.0001, -0.1, 0.0)
-        assert band.href.startswith("https://") and band.href.endswith(f"{band.name}.tif")
+        assert band.href.startswith("https://")
+        assert band.href.endswith(f"{band.name}.tif")
     assert scene.bands[-1].name == "SCL"
     assert scene.bands[-1].role == "classification"
     assert scene.bands[-1].wavelength_um is None
@@ -145,7 +146,7 @@ def test_baseline_from_product_id_when_property_missing(earth_search_page):
 
 def test_offset_ignores_sensing_date(planetary_computer_item):
     item = copy.deepcopy(planetary_computer_item)
-    item["properties"]["datetime"] = "2025-01-01T10:00:00Z"  # after 04.00 came in, but the product says 02.12
+    item["properties"]["datetime"] = "2025-01-01T10:00:00Z"  # after 04.00 came in, but the product's baseline is 02.12
 
     assert describe_item(item).band("B04").offset == 0.0
 

@@ -1,4 +1,4 @@
-"""Offline search of local catalogs: same answers as a real STAC API for the same parameters."""
+"""Offline search of local catalogs: same results as a real STAC API for the same parameters."""
 
 from __future__ import annotations
 
