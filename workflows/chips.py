@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import rasterio
 
+from catalog.sensors import LANDSAT_OLI
 from workflows.training.chip_dataset import ChipDataset, ChipRecord, ChipSet, read_generic_chips
 from workflows.training.chip_spec import ChipClass, ChipSpec, load_chip_spec, write_chip_spec
 from workflows.training.cutter import cut_chips, split_by_position
@@ -45,12 +46,14 @@ logger = logging.getLogger(__name__)
 ChipLayout = Literal["generic", "segmunich", "gf12ms-whu"]
 CHIP_LAYOUTS: tuple[str, ...] = ("generic", "segmunich", "gf12ms-whu")
 
-# Landsat 8 OLI reflective bands used by the demo cloud model: name, centre
-# wavelength (µm). Level-1 DNs convert to TOA reflectance (without the sun
-# elevation correction) as DN * 2e-5 - 0.1, the REFLECTANCE_MULT/ADD values
-# that USGS writes into every Landsat 8 MTL file.
-LANDSAT8_OLI_BANDS: tuple[tuple[str, float], ...] = (
-    ("B1", 0.443), ("B2", 0.482), ("B3", 0.561), ("B4", 0.655), ("B5", 0.865), ("B6", 1.609), ("B7", 2.201),
+# Landsat 8 OLI reflective bands of the demo cloud model, with their centre
+# wavelengths (µm) from the catalog's sensor table. Level-1 DNs convert to
+# TOA reflectance (without the sun elevation correction) as DN * 2e-5 - 0.1,
+# the REFLECTANCE_MULT/ADD values that USGS writes into every Landsat 8 MTL
+# file.
+LANDSAT8_OLI_BANDS: tuple[tuple[str, float], ...] = tuple(
+    (name, float(LANDSAT_OLI.find_band(name).wavelength_um))  # type: ignore[union-attr, arg-type]
+    for name in ("B1", "B2", "B3", "B4", "B5", "B6", "B7")
 )
 LANDSAT8_REFLECTANCE_MULT = 2.0e-5
 LANDSAT8_REFLECTANCE_ADD = -0.1

@@ -128,15 +128,19 @@ def catalog_group() -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Catalog folder to write.")
 @click.option("--sensor", default=None, help="Sensor when it cannot be read from the files, e.g. sentinel-2a.")
 @click.option("--collection", default="local", show_default=True, help="Collection id of the items.")
+@click.option("--datetime", "acquired", default=None, help="Acquisition time (YYYY-MM-DD or RFC 3339) when the file names lack it.")
+@click.option("--offset", type=float, default=None, help="Reflectance offset of the files (Sentinel-2: 0 before baseline 04.00, -0.1 from it).")
 @click.option("--gaofen", is_flag=True, help="SOURCES are GF-1/GF-2 Level-1A delivery folders.")
-def catalog_build(sources: tuple[Path, ...], out_dir: Path, sensor: str | None, collection: str, gaofen: bool) -> None:
+def catalog_build(sources: tuple[Path, ...], out_dir: Path, sensor: str | None, collection: str, acquired: str | None, offset: float | None, gaofen: bool) -> None:
     """Turn local rasters (or Gaofen deliveries) into a local STAC catalog."""
     from catalog import build_gaofen_items, build_local_catalog
 
     if gaofen:
         items = build_gaofen_items(list(sources), out_dir)
     else:
-        items = build_local_catalog(list(sources), out_dir, sensor=sensor, collection=collection)
+        items = build_local_catalog(
+            list(sources), out_dir, sensor=sensor, collection=collection, datetime=acquired, offset=offset
+        )
     click.echo(f"wrote {len(items)} item(s) to {out_dir}")
     for item in items:
         click.echo(f"  {item.id}")

@@ -28,7 +28,7 @@ from pipeline.manifest import Manifest
 from pipeline.mosaic import MosaicOptions, build_mosaic
 from pipeline.stac_output import write_output_item
 from pipeline.stores import join_url
-from workflows.jobspec import JobSpec
+from workflows.jobspec import JobError, JobSpec
 from workflows.plan import RunPlan, inference_options, make_plan
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,25 @@ def provenance(plan: RunPlan) -> dict[str, Any]:
 def seeded_random_products(plan: RunPlan) -> list[str]:
     """Return the products whose model has seeded-random weights, not trained ones."""
     return [product for product, card in plan.cards.items() if str(card.weights) == "seeded-random"]
+
+
+def _check_resumable(manifest: Manifest, plan: RunPlan) -> None:
+    """Reject resuming into an output root that holds a run with another plan."""
+    recorded = manifest.stages.get("plan", {})
+    if not plan.job.resume or "plan" not in recorded:
+        return
+    previous = recorded["plan"]
+    current = json.loads(json.dumps(plan.summary()))
+    previous_models = recorded.get("provenance", {}).get("models", {})
+    current_models = provenance(plan)["models"]
+    same_models = {p: m.get("fingerprint") for p, m in previous_models.items()} == {
+        p: m["fingerprint"] for p, m in current_models.items()
+    }
+    if previous.get("grid") != current["grid"] or previous.get("observations") != current["observations"] or not same_models:
+        raise JobError(
+            f"output {plan.job.output_root!r} holds a run with a different plan (grid, scenes, tiling or "
+            "models changed); choose another output, or rerun with --no-resume to overwrite it"
+        )
 
 
 def _ingest(plan: RunPlan, client: distributed.Client, manifest: Manifest, progress: Progress | None) -> None:
@@ -202,6 +221,7 @@ def run_job(
         on_cluster(client)
 
     manifest = Manifest.open(job.output_root)
+    _check_resumable(manifest, plan)
     manifest.record_plan(plan.summary(), provenance(plan))
     for product in seeded_random_products(plan):
         logger.warning(

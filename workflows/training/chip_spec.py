@@ -7,8 +7,9 @@ one ``chips.yaml`` that says what the pixels mean::
     task: cloud                 # landcover | cloud
     images: images              # folder of image chips, relative to the YAML
     masks: masks                # folder of mask chips with the same file names
-    bands: [B1, B2, B3, B4, B5, B6, B7]
-    wavelengths_um: [0.443, 0.482, 0.561, 0.655, 0.865, 1.609, 2.201]
+    sensor: landsat-oli         # optional: a catalog sensor table ...
+    bands: [B1, B2, B3, B4, B5, B6, B7]     # ... whose bands give wavelengths_um
+    wavelengths_um: [0.443, 0.482, 0.562, 0.655, 0.865, 1.609, 2.201]
     gsd_m: 30
     value_scale: 2.0e-5         # reflectance = stored * value_scale + value_offset
     value_offset: -0.1
@@ -27,10 +28,12 @@ training loop trust it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from catalog.sensors import SENSORS
 
 SPEC_NAME = "chips.yaml"
 
@@ -56,6 +59,7 @@ class ChipSpec(BaseModel):
     task: ChipTask
     images: str = "images"
     masks: str = "masks"
+    sensor: str | None = None
     bands: tuple[str, ...] | None = None
     wavelengths_um: tuple[float, ...]
     gsd_m: float = Field(gt=0)
@@ -66,6 +70,26 @@ class ChipSpec(BaseModel):
     label_map: dict[int, int] = Field(default_factory=dict)
     classes: tuple[ChipClass, ...]
     splits: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _wavelengths_from_sensor(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("wavelengths_um") is not None or data.get("sensor") is None:
+            return data
+        sensor = SENSORS.get(str(data["sensor"]))
+        if sensor is None:
+            raise ValueError(f"unknown sensor {data['sensor']!r}; known sensor tables: {sorted(SENSORS)}")
+        if not data.get("bands"):
+            raise ValueError(f"sensor {data['sensor']!r} is given without bands; list the chips' band names in order")
+        wavelengths = []
+        for name in data["bands"]:
+            band = sensor.find_band(str(name))
+            if band is None or band.wavelength_um is None:
+                raise ValueError(
+                    f"sensor {sensor.key!r} has no spectral band {name!r}; bands: {list(sensor.band_names)}"
+                )
+            wavelengths.append(band.wavelength_um)
+        return {**data, "wavelengths_um": wavelengths}
 
     @field_validator("wavelengths_um")
     @classmethod

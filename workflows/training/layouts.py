@@ -29,11 +29,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from catalog.sensors import GF1_PMS, SENTINEL2_MSI
 from workflows.training.chip_dataset import IMAGE_SUFFIXES, ChipRecord, ChipSet
 from workflows.training.chip_spec import ChipClass, ChipSpec
 
 SEGMUNICH_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B8A", "B11", "B12")
-SEGMUNICH_WAVELENGTHS_UM = (0.443, 0.490, 0.560, 0.665, 0.705, 0.740, 0.783, 0.865, 1.610, 2.190)
+SEGMUNICH_WAVELENGTHS_UM = tuple(float(SENTINEL2_MSI.find_band(b).wavelength_um) for b in SEGMUNICH_BANDS)  # type: ignore[union-attr, arg-type]
 SEGMUNICH_CLASSES = (
     ("background", "#000000"),
     ("arable land", "#f423e8"),
@@ -51,9 +52,9 @@ SEGMUNICH_CLASSES = (
 )
 SEGMUNICH_LABEL_MAP = {21: 1, 22: 2, 23: 3, 31: 4, 32: 6, 33: 7, 41: 8, 13: 9, 14: 10}
 
-# Centre wavelengths of the GF-1 PMS / GF-2 PMS multispectral bands (µm):
-# blue 0.45-0.52, green 0.52-0.59, red 0.63-0.69, NIR 0.77-0.89.
-GAOFEN_MS_WAVELENGTHS_UM = (0.485, 0.555, 0.660, 0.830)
+# GF-1 PMS and GF-2 PMS share the multispectral band design (blue, green,
+# red, NIR); the dataset states 8 m and 4 m for its GF-1 and GF-2 chips.
+GAOFEN_MS_WAVELENGTHS_UM = tuple(float(GF1_PMS.find_band(b).wavelength_um) for b in ("B1", "B2", "B3", "B4"))  # type: ignore[union-attr, arg-type]
 GF12MS_WHU_SENSORS = {"gf1": ("GF1MS-WHU", 8.0), "gf2": ("GF2MS-WHU", 4.0)}
 
 
