@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv install install-test demo test bench clean
+.PHONY: venv install install-test services demo test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +21,13 @@ install: venv
 install-test: venv
 	$(BIN)/pip install -c constraints.txt -e ".[demo,test]"
 
+services:
+	bash tests/servers/install_debian_packages.sh
+
 demo: install
 	$(BIN)/fleximo run workflows/jobs/demo_s2_18svg.yaml
 
-test: install-test
+test: install-test services
 	$(BIN)/python -m pytest -q
 
 clean:
