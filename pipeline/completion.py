@@ -5,11 +5,11 @@ leaves a store that opens fine but holds fill values where blocks were never
 written. The mosaic stage therefore records completion as its very last
 step, after every block, overview and attribute, and removes the record as
 its very first step when it (re)writes a store. The record is the root
-group attribute ``fleximo_completion`` (a small mapping): it lives in the
-root ``zarr.json``, which is one object that a store writes at once, and
-unlike an extra file in the store it does not make zarr warn about an
-unknown object. Readers call :func:`open_mosaic` or :func:`require_complete`,
-which reject a store without it.
+group attribute ``fleximo_completion``, a small mapping. It lives in the
+root ``zarr.json``, which a store writes as one object. An extra file in
+the store would work too, but zarr warns about every object it does not
+recognise. Readers call :func:`open_mosaic` or :func:`require_complete`,
+which reject a store without the record.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from typing import Any
 import xarray as xr
 import zarr
 import zarr.errors
+
+from pipeline.stores import zarr_store
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ def _incomplete_message(url: str) -> str:
 
 def _root_attrs(url: str) -> dict[str, Any] | None:
     try:
-        group = zarr.open_group(url, mode="r", zarr_format=3)
+        group = zarr.open_group(zarr_store(url, "r"), mode="r", zarr_format=3)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
         return None
     return dict(group.attrs)
@@ -75,7 +77,7 @@ def mark_complete(url: str, info: Mapping[str, Any]) -> None:
     ISO 8601) is added as ``completed_at``.
     """
     record = {**info, "completed_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    group = zarr.open_group(url, mode="r+", zarr_format=3)
+    group = zarr.open_group(zarr_store(url, "r+"), mode="r+", zarr_format=3)
     group.attrs[COMPLETION_ATTR] = record
     logger.info("marked %s complete", url)
 
@@ -87,7 +89,7 @@ def clear_complete(url: str) -> None:
     halfway is never reported complete.
     """
     if is_complete(url):
-        group = zarr.open_group(url, mode="r+", zarr_format=3)
+        group = zarr.open_group(zarr_store(url, "r+"), mode="r+", zarr_format=3)
         del group.attrs[COMPLETION_ATTR]
         logger.info("removed the completion record of %s before rewriting it", url)
 
@@ -129,4 +131,6 @@ def open_mosaic(url: str, *, level: int = 0, chunks: Any = None) -> xr.Dataset:
         raise ValueError(f"level is {level}; store {url!r} has levels 0 to {levels} (0 is full resolution)")
     group = None if level == 0 else str(level)
     kwargs: dict[str, Any] = {} if chunks is None else {"chunks": chunks}
-    return xr.open_zarr(url, group=group, decode_coords="all", zarr_format=3, consolidated=False, **kwargs)
+    return xr.open_zarr(
+        zarr_store(url, "r"), group=group, decode_coords="all", zarr_format=3, consolidated=False, **kwargs
+    )

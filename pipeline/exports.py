@@ -146,10 +146,11 @@ def export_cogs(
 def validate_cog(path: str | Path) -> None:
     """Check that ``path`` is a Cloud-Optimized GeoTIFF.
 
-    Checks: GeoTIFF with square tiles; internal overviews when the image is
-    larger than one tile; GDAL's COG layout marker; every IFD (full
-    resolution first, then each overview) before any image data; and the
-    image data ordered from the smallest overview to full resolution.
+    The checks are: a GeoTIFF with square tiles, internal overviews when
+    the image is larger than one tile, and GDAL's COG layout marker. All
+    IFDs (full resolution first, then each overview) must come before any
+    image data, and the image data must run from the smallest overview to
+    full resolution.
 
     Raises
     ------

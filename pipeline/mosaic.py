@@ -43,6 +43,7 @@ from pipeline.compositing import STACK_LAYERS, CompositeMethod, COMPOSITE_METHOD
 from pipeline.legend import LegendEntry, legend_attrs, legend_from_attrs, normalize_legend
 from pipeline.mosaic_inputs import PredictionInputs, geobox_of, open_predictions
 from pipeline.overviews import downsample_level, multiscales_attrs, overview_shapes
+from pipeline.stores import is_remote, open_dataset, storage_options_from_env, zarr_store
 
 __all__ = ["MosaicOptions", "build_mosaic", "describe_mosaic", "open_mosaic"]
 
@@ -88,7 +89,7 @@ class MosaicOptions:
         Side of the stored chunks in pixels (the unit analysis reads).
     shard_above_chunks
         Shard the arrays when one layer would have more chunks than this;
-        each shard then holds ``shard_factor x shard_factor`` chunks.
+        each shard then contains ``shard_factor x shard_factor`` chunks.
     shard_factor
         Chunks per shard side when sharding.
     zstd_level
@@ -207,6 +208,7 @@ def _compute(delayed: Any, client: Any) -> None:
 def _write_level(dataset: xr.Dataset, url: str, group: str | None, options: MosaicOptions, shard_px: int | None, client: Any) -> None:
     for variable in dataset.variables.values():
         variable.encoding = {}
+    remote_options = {"storage_options": storage_options_from_env(url)} if is_remote(url) else {}
     delayed = dataset.to_zarr(
         url,
         group=group,
@@ -215,6 +217,7 @@ def _write_level(dataset: xr.Dataset, url: str, group: str | None, options: Mosa
         consolidated=False,
         compute=False,
         encoding=_encoding(dataset, options, shard_px),
+        **remote_options,
     )
     _compute(delayed, client)
 
@@ -280,7 +283,9 @@ def build_mosaic(
     geoboxes = [geobox]
     methods: dict[str, str] = {}
     for level, _ in enumerate(overview_shapes((geobox.shape.y, geobox.shape.x), options.overview_min_px), start=1):
-        source = xr.open_zarr(mosaic_url, group=None if level == 1 else str(level - 1), zarr_format=3, consolidated=False)
+        source = xr.open_zarr(
+            zarr_store(mosaic_url, "r"), group=None if level == 1 else str(level - 1), zarr_format=3, consolidated=False
+        )
         reduced, level_geobox, methods = downsample_level(source, geoboxes[-1], options.chunk_px)
         reduced = reduced.assign_coords(_grid_coords(level_geobox))
         _write_level(reduced, mosaic_url, str(level), options, None, client)
@@ -288,7 +293,7 @@ def build_mosaic(
         logger.info("wrote overview level %d (%dx%d)", level, level_geobox.shape.y, level_geobox.shape.x)
 
     start, end = inputs.datetime_range
-    root = zarr.open_group(mosaic_url, mode="r+", zarr_format=3)
+    root = zarr.open_group(zarr_store(mosaic_url, "r+"), mode="r+", zarr_format=3)
     root.attrs.update(
         _json_safe(
             {
@@ -330,8 +335,8 @@ def describe_mosaic(url: str) -> dict[str, Any]:
         the pixels with a class; only for a complete store), ``nodata_pct``,
         ``time_range`` and ``provenance``.
     """
-    dataset = xr.open_zarr(url, decode_coords="all", zarr_format=3, consolidated=False)
-    root_attrs = dict(zarr.open_group(url, mode="r", zarr_format=3).attrs)
+    dataset = open_dataset(url)
+    root_attrs = dict(zarr.open_group(zarr_store(url, "r"), mode="r", zarr_format=3).attrs)
     geobox = geobox_of(dataset, url)
     crs = geobox.crs
     transform = geobox.affine

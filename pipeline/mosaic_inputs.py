@@ -11,10 +11,10 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import xarray as xr
-from affine import Affine
 from odc.geo.geobox import GeoBox
 
 from pipeline import layout
+from pipeline.stores import grid_of, open_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -72,23 +72,11 @@ class PredictionInputs:
 
 
 def geobox_of(dataset: xr.Dataset, url: str) -> GeoBox:
-    """Read the grid of a store from its ``spatial_ref`` coordinate.
-
-    Raises
-    ------
-    ValueError
-        If the store has no ``spatial_ref`` with ``crs_wkt`` and ``GeoTransform``.
-    """
-    if "spatial_ref" not in dataset.variables:
-        raise ValueError(f"store {url!r} has no spatial_ref coordinate; it was not written on a job grid")
-    attrs = dataset["spatial_ref"].attrs
-    if "crs_wkt" not in attrs or "GeoTransform" not in attrs:
-        raise ValueError(
-            f"store {url!r}: spatial_ref lacks crs_wkt or GeoTransform (attributes present: {sorted(attrs)})"
-        )
-    gdal_transform = [float(value) for value in str(attrs["GeoTransform"]).split()]
-    shape = (int(dataset.sizes["y"]), int(dataset.sizes["x"]))
-    return GeoBox(shape, Affine.from_gdal(*gdal_transform), attrs["crs_wkt"])
+    """Return the grid of the store at ``url``; raise ``ValueError`` naming the store if it has none."""
+    try:
+        return grid_of(dataset)
+    except ValueError as error:
+        raise ValueError(f"store {url!r}: {error}") from None
 
 
 def _parse_datetime(value: Any, url: str) -> str:
@@ -102,7 +90,7 @@ def _parse_datetime(value: Any, url: str) -> str:
 
 
 def _open_one(url: str) -> xr.Dataset:
-    dataset = xr.open_zarr(url, decode_coords="all", mask_and_scale=False, zarr_format=3, consolidated=False)
+    dataset = open_dataset(url, mask_and_scale=False)
     missing = [name for name in _REQUIRED_VARS if name not in dataset]
     if missing:
         raise ValueError(

@@ -1,11 +1,12 @@
 """STAC Item that describes a finished mosaic and its exports.
 
-The Item has the mosaic's footprint (EPSG:4326 polygon and bbox), the time
-range of the input observations (``start_datetime``/``end_datetime``, with
-``datetime`` null), the projection extension (``proj:code`` or
-``proj:wkt2``, ``proj:shape``, ``proj:transform``, ``proj:bbox``), the
-classification extension on the land-cover assets, one asset for the Zarr
-store and one per layer, and one per export (COGs, quicklook PNGs).
+The Item has the mosaic's footprint (EPSG:4326 polygon and bbox) and the
+time range of the input observations (``start_datetime`` and
+``end_datetime``, with ``datetime`` null). It uses the projection extension
+(``proj:code`` or ``proj:wkt2``, ``proj:shape``, ``proj:transform``,
+``proj:bbox``) and the classification extension on the land-cover assets.
+Assets: the Zarr store, each of its layers, and each export (COGs,
+quicklook PNGs).
 """
 
 from __future__ import annotations
@@ -93,8 +94,9 @@ def write_output_item(
         :func:`pipeline.exports.export_cogs` and
         :func:`pipeline.exports.write_quicklooks`.
     item_id
-        Item id; default: the job name from the store's provenance, else the
-        name of the folder that holds the store, followed by ``-mosaic``.
+        Item id. By default it is the job name from the store's provenance
+        (else the name of the folder that contains the store) followed by
+        ``-mosaic``.
 
     Returns
     -------
