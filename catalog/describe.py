@@ -33,6 +33,7 @@ _SKIPPED_ROLES = {"thumbnail", "overview", "metadata", "visual", "tiles"}
 # Wavelengths above this are taken to be in nm, because thermal bands end near 12.5 µm.
 _MAX_WAVELENGTH_UM = 20.0
 _S2_ID = re.compile(r"^S2([ABC])_", re.IGNORECASE)
+_RESOLUTION_SUFFIX = re.compile(r"_\d+m$", re.IGNORECASE)
 
 
 def describe_item(item: pystac.Item | Mapping[str, Any], *, bands: Sequence[str] | None = None) -> SceneDescription:
@@ -172,14 +173,16 @@ def _band_assets(item_dict: Mapping[str, Any], sensor: Sensor) -> dict[str, tupl
             matches = [(sensor.find_band(str(b.get("name", ""))), i + 1) for i, b in enumerate(eo_bands)]
         else:
             table_band = sensor.find_band(str(eo_bands[0].get("name", ""))) if eo_bands else None
-            matches = [(table_band or sensor.find_band(key), 1)]
+            matches = [(table_band or sensor.find_band(key) or sensor.find_band(_RESOLUTION_SUFFIX.sub("", key)), 1)]
 
         for table_band, index in matches:
             if table_band is None:
                 continue
-            # Prefer single-band assets, then cloud-optimized GeoTIFFs over JPEG 2000 copies.
+            # Prefer single-band assets, then cloud-optimized GeoTIFFs over JPEG 2000 copies,
+            # then the finest of several resolutions (CDSE lists B04_10m, B04_20m, B04_60m).
             media_type = str(asset.get("type", ""))
-            rank = (len(eo_bands) > 1, key.lower().endswith("-jp2") or "jp2" in media_type)
+            gsd = _raster_fields(asset, index).get("spatial_resolution") or asset.get("gsd") or float("inf")
+            rank = (len(eo_bands) > 1, key.lower().endswith("-jp2") or "jp2" in media_type, float(gsd))
             if table_band.name not in found or rank < found[table_band.name][0]:
                 found[table_band.name] = (rank, (table_band, key, asset, index))
     return {name: entry for name, (_, entry) in found.items()}
@@ -218,8 +221,7 @@ def _band_info(
 ) -> BandInfo:
     eo_bands = asset.get("eo:bands") or asset.get("bands") or []
     eo_band = eo_bands[index - 1] if len(eo_bands) >= index else {}
-    raster_bands = asset.get("raster:bands") or []
-    raster_band = raster_bands[index - 1] if len(raster_bands) >= index else {}
+    raster_band = _raster_fields(asset, index)
 
     wavelength_um = None
     if table_band.role == "reflectance":
@@ -249,6 +251,29 @@ def _band_info(
         role=table_band.role,
         band_index=index,
     )
+
+
+def _raster_fields(asset: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """Return scale, offset, nodata and spatial_resolution of band ``index`` of an asset.
+
+    Reads ``raster:bands`` (raster extension 1.x) or the STAC 1.1 ``bands``
+    array with ``raster:``-prefixed fields, with asset-level ``nodata`` as fallback.
+    """
+    if asset.get("raster:bands"):
+        entries, prefix = asset["raster:bands"], ""
+    else:
+        entries, prefix = asset.get("bands") or [], "raster:"
+    entry = entries[index - 1] if len(entries) >= index else {}
+
+    fields = {}
+    for name in ("scale", "offset", "spatial_resolution"):
+        value = entry.get(prefix + name, entry.get(name))
+        if value is not None:
+            fields[name] = value
+    nodata = entry.get("nodata", asset.get("nodata"))
+    if nodata is not None:
+        fields["nodata"] = nodata
+    return fields
 
 
 def _scale_offset(

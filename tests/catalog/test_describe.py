@@ -208,3 +208,24 @@ def test_undecidable_sentinel2_offset_rejected(planetary_computer_item):
 def test_not_a_stac_item_rejected():
     with pytest.raises(ValueError, match="expected a STAC item"):
         describe_item({"type": "FeatureCollection", "features": []})
+
+
+def test_stac_1_1_bands_and_resolution_variants(planetary_computer_item):
+    # CDSE-style layout: one asset per band and resolution, STAC 1.1 "bands" with raster: fields.
+    item = copy.deepcopy(planetary_computer_item)
+    item["properties"]["s2:processing_baseline"] = "05.10"
+    template = item["assets"].pop("B04")
+    for gsd in (20, 10, 60):
+        item["assets"][f"B04_{gsd}m"] = {
+            "href": template["href"].replace("_10m", f"_{gsd}m"),
+            "roles": ["data"],
+            "bands": [{"name": "B04", "eo:center_wavelength": 0.665, "raster:scale": 0.0001,
+                       "raster:offset": -0.1, "raster:spatial_resolution": gsd, "nodata": 0}],
+        }
+
+    band = describe_item(item, bands=["B04"]).band("B04")
+
+    assert band.asset_key == "B04_10m"
+    assert band.gsd_m == 10
+    assert band.wavelength_um == 0.665
+    assert (band.scale, band.offset, band.nodata) == (0.0001, -0.1, 0.0)

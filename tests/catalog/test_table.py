@@ -41,3 +41,16 @@ def test_unknown_cloud_cover_shown_as_dash(earth_search_page):
 
 def test_empty_table():
     assert format_scene_table([]).splitlines()[-1] == "0 scenes"
+
+
+def test_items_listed_even_when_uncalibrated(gaofen_catalog, earth_search_page):
+    _, gaofen_items = gaofen_catalog
+    table = format_scene_table([*gaofen_items, earth_search_page["features"][0]])
+    rows = {line.split()[-1]: line for line in table.splitlines()[2:-1]}
+
+    gf2 = rows["GF2_PMS1_W91.0_N17.6_20200510_L1A0004793969"]
+    assert gf2.startswith("2020-05-10 17:03")
+    assert "gf2/pms L1A" in gf2
+    assert gf2.split()[5] == "0.81"
+    assert "sentinel-2b/msi" in rows["S2B_24MVV_20250731_0_L2A"]
+    assert table.splitlines()[-1] == "4 scenes"
