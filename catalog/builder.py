@@ -252,8 +252,9 @@ def _band_files(folder: Path, table: Sensor) -> dict[str, Path]:
 
 def _acquisition_time(folder: Path, template: Mapping[str, Any] | None, datetime_text: str | None) -> datetime:
     if datetime_text is not None:
-        start, _ = parse_datetime_range(datetime_text)
-        assert start is not None  # a single instant always has a start
+        start, end = parse_datetime_range(datetime_text)
+        if start is None or end is None or "/" in datetime_text:
+            raise ValueError(f"invalid acquisition time {datetime_text!r}; expected one instant, not a range")
         return start
     if template is not None:
         return item_datetime(template)

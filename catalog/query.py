@@ -106,8 +106,9 @@ class SearchParameters:
             value = cloud_cover(item.get("properties") or {})
             return float("inf") if value is None else value
 
-        present = [i for i in items if field == "datetime" or cloud_cover(i.get("properties") or {}) is not None]
-        missing = [i for i in items if i not in present]
+        has_field = [field == "datetime" or cloud_cover(i.get("properties") or {}) is not None for i in items]
+        present = [item for item, flag in zip(items, has_field) if flag]
+        missing = [item for item, flag in zip(items, has_field) if not flag]
         return sorted(present, key=key, reverse=descending) + missing
 
 
