@@ -50,6 +50,7 @@ def build_local_catalog(
     datetime: str | None = None,
     offset: float | None = None,
     properties: Mapping[str, Any] | None = None,
+    scale: float | None = None,
 ) -> list[pystac.Item]:
     """Make STAC items from local scene folders and write them as a static catalog.
 
@@ -74,9 +75,13 @@ def build_local_catalog(
         Reflectance offset of the stored values (``reflectance = value * scale
         + offset``; ``-0.1`` for Sentinel-2 from processing baseline 04.00,
         ``0.0`` before). ``None`` takes it from the item JSON or from
-        ``s2:processing_baseline`` in ``properties``.
+        ``s2:processing_baseline`` in ``properties``; other sensors without
+        either need it given.
     properties
         Extra item properties, e.g. ``{"s2:processing_baseline": "02.01"}``.
+    scale
+        Reflectance scale of the stored values, used with ``offset``;
+        ``None`` means the sensor table's (``1e-4`` for Sentinel-2).
 
     Returns
     -------
@@ -93,7 +98,7 @@ def build_local_catalog(
     """
     items = [
         _build_item(Path(source), sensor=sensor, collection=collection, datetime_text=datetime,
-                    offset=offset, extra_properties=dict(properties or {}))
+                    offset=offset, scale=scale, extra_properties=dict(properties or {}))
         for source in sources
     ]
     write_local_catalog(items, Path(out_dir), catalog_id=f"{collection}-catalog",
@@ -149,6 +154,7 @@ def _build_item(
     collection: str,
     datetime_text: str | None,
     offset: float | None,
+    scale: float | None,
     extra_properties: dict[str, Any],
 ) -> pystac.Item:
     if not folder.is_dir():
@@ -175,13 +181,13 @@ def _build_item(
     band_files = _band_files(folder, table)
     acquired = _acquisition_time(folder, template, datetime_text)
     properties["datetime"] = acquired.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    scale, band_offset = _radiometry(folder, table, template, offset, properties)
+    band_scale, band_offset = _radiometry(folder, table, template, offset, scale, properties)
 
     assets: dict[str, pystac.Asset] = {}
     footprints = []
     epsg = None
     for band_name, path in band_files.items():
-        asset, footprint, asset_epsg = _band_asset(table, band_name, path, scale, band_offset)
+        asset, footprint, asset_epsg = _band_asset(table, band_name, path, band_scale, band_offset)
         key = _template_asset_key(template, table, band_name)
         if key is not None:
             _copy_declared_radiometry(template["assets"][key], asset)
@@ -265,11 +271,18 @@ def _acquisition_time(folder: Path, template: Mapping[str, Any] | None, datetime
 
 
 def _radiometry(
-    folder: Path, table: Sensor, template: Mapping[str, Any] | None, offset: float | None, properties: Mapping[str, Any]
+    folder: Path,
+    table: Sensor,
+    template: Mapping[str, Any] | None,
+    offset: float | None,
+    scale: float | None,
+    properties: Mapping[str, Any],
 ) -> tuple[float | None, float | None]:
     """Return the (scale, offset) to declare, or (None, None) to leave it to describe_item."""
     if offset is not None:
-        return table.scale, float(offset)
+        return (table.scale if scale is None else float(scale)), float(offset)
+    if scale is not None:
+        raise ValueError(f"scale={scale} given without offset for {folder}; pass both (offset=0.0 if there is none)")
     if template is not None or properties.get("s2:processing_baseline") or table.radiometry == "dn":
         return None, None
     if table.key == "sentinel-2-msi":
@@ -278,7 +291,11 @@ def _radiometry(
             "(processing baseline before 04.00) or offset=-0.1 (04.00 and later), or "
             "properties={'s2:processing_baseline': 'MM.mm'}"
         )
-    return table.scale, table.offset
+    # Files alone do not say whether they hold Level-1 or Level-2 values, whose scales differ.
+    raise ValueError(
+        f"cannot tell the reflectance scale/offset of the {table.key} files in {folder}: pass scale and "
+        f"offset (e.g. scale={table.scale}, offset={table.offset} for the sensor's surface reflectance product)"
+    )
 
 
 def _band_asset(

