@@ -291,7 +291,7 @@ def _radiometry(
             "(processing baseline before 04.00) or offset=-0.1 (04.00 and later), or "
             "properties={'s2:processing_baseline': 'MM.mm'}"
         )
-    # Files alone do not say whether they hold Level-1 or Level-2 values, whose scales differ.
+    # Files alone do not show whether they contain Level-1 or Level-2 values, whose scales differ.
     raise ValueError(
         f"cannot tell the reflectance scale/offset of the {table.key} files in {folder}: pass scale and "
         f"offset (e.g. scale={table.scale}, offset={table.offset} for the sensor's surface reflectance product)"

@@ -128,6 +128,17 @@ def read_gaofen_xml(path: str | Path) -> GaofenImageMetadata:
         except ValueError:
             raise ValueError(f"{path}: invalid <{field}> value {raw!r}; expected a number") from None
 
+    def time_of(field: str, required: bool = True) -> datetime | None:
+        raw = text(field, required)
+        if raw is None:
+            return None
+        try:
+            return parse_beijing_time(raw)
+        except ValueError:
+            raise ValueError(
+                f"{path}: invalid <{_FIELDS[field][0]}> value {raw!r}; expected 'YYYY-MM-DD HH:MM:SS' (Beijing time)"
+            ) from None
+
     satellite = text("satellite").upper()
     sensor = text("sensor").upper()
     corners = []
@@ -136,9 +147,8 @@ def read_gaofen_xml(path: str | Path) -> GaofenImageMetadata:
         lon = number(f"{corner}Longitude")
         corners.append((lon, lat))
 
-    center = parse_beijing_time(text("center_time"))
-    start_text, end_text = text("start_time", False), text("end_time", False)
-    produced = text("produce_time", False)
+    center = time_of("center_time")
+    start, end = time_of("start_time", False), time_of("end_time", False)
     band_text = text("bands", False) or ""
 
     cloud = number("cloud", False)
@@ -158,10 +168,10 @@ def read_gaofen_xml(path: str | Path) -> GaofenImageMetadata:
         orbit=int(orbit) if orbit and orbit.isdigit() else None,
         level=text("level", False),
         band_numbers=tuple(int(b) for b in band_text.replace(" ", "").split(",") if b.isdigit()),
-        start_utc=parse_beijing_time(start_text) if start_text else center,
-        end_utc=parse_beijing_time(end_text) if end_text else center,
+        start_utc=start or center,
+        end_utc=end or center,
         center_utc=center,
-        produced_utc=parse_beijing_time(produced) if produced else None,
+        produced_utc=time_of("produce_time", False),
         gsd_m=number("gsd"),
         width=int(number("width")),
         height=int(number("height")),

@@ -197,3 +197,21 @@ def test_calibration_must_match_bands(tmp_path):
 
     with pytest.raises(ValueError, match="calibration for MSS .* has 2 entries; expected one per band"):
         build_gaofen_items([folder], tmp_path, calibration={"MSS": [RadianceCalibration(0.1, 0.0, 1900.0)] * 2})
+
+
+def test_invalid_time_names_file_and_tag(tmp_path):
+    source = primary_xml(require(GAOFEN_DIR / "GF2_PMS1_W91.0_N17.6_20200510_L1A0004793969"))
+    path = tmp_path / "bad-MSS1.xml"
+    text = source.read_text()
+    path.write_text(text.replace("<CenterTime>2020-05-11 01:03:20</CenterTime>", "<CenterTime>11/05/2020</CenterTime>"))
+
+    with pytest.raises(ValueError, match=r"bad-MSS1.xml: invalid <CenterTime> value '11/05/2020'"):
+        read_gaofen_xml(path)
+
+
+def test_fractional_seconds_parse(tmp_path):
+    source = primary_xml(require(GAOFEN_DIR / "GF2_PMS1_W91.0_N17.6_20200510_L1A0004793969"))
+    path = tmp_path / "frac-MSS1.xml"
+    path.write_text(source.read_text().replace("01:03:20</CenterTime>", "01:03:20.5</CenterTime>"))
+
+    assert read_gaofen_xml(path).center_utc == datetime(2020, 5, 10, 17, 3, 20, 500000, tzinfo=timezone.utc)
