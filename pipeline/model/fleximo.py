@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import collections
-import threading
 from collections.abc import Sequence
 
 import torch
@@ -11,9 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.model.blocks import Block
+from pipeline.model.cache import TensorCache, weights_version
 from pipeline.model.config import ModelConfig
 from pipeline.model.patch_embed import DynamicPatchEmbed
-from pipeline.model.precision import Precision, autocast
+from pipeline.model.precision import Precision, autocast, check_precision
 from pipeline.model.upernet import UPerNetHead
 from pipeline.model.validation import token_grid, validate_inputs
 
@@ -64,10 +63,10 @@ class FlexiMo(nn.Module):
     ``(B, num_classes)`` for a classifier and ``(B, num_classes, H, W)`` for
     the upernet head.
 
-    ``forward`` changes no module state apart from internal caches of the
-    generated kernel, the PI-resize matrix and the resized position
-    embedding, which are guarded by locks; several threads may call one
-    model at once with different patch sizes and band sets.
+    ``forward`` changes no module state apart from thread-safe caches of the
+    generated kernel, the PI-resize matrix, the resized position embedding
+    and bfloat16 weights, so several threads may call one model at once with
+    different patch sizes and band sets.
 
     Parameters
     ----------
@@ -93,53 +92,64 @@ class FlexiMo(nn.Module):
             self.head = nn.Linear(dim, config.num_classes)
         else:
             self.dense_head = UPerNetHead(config)
-        self._pos_cache: collections.OrderedDict[tuple[object, ...], torch.Tensor] = collections.OrderedDict()
-        self._pos_lock = threading.Lock()
+        self._pos_cache: TensorCache[torch.Tensor] = TensorCache(POS_EMBED_CACHE_SIZE)
+        self._low_precision_cache: TensorCache[list[dict[str, torch.Tensor]]] = TensorCache(2)
         # A FlexiMo pixel-task checkpoint stores the head's keys at the top
         # level (conv0.*, decoder.*, cls_seg.*), not under "dense_head.".
         self.register_state_dict_post_hook(_strip_dense_head_prefix)
         self.register_load_state_dict_pre_hook(_add_dense_head_prefix)
 
 
-    def position_embedding(self, grid: tuple[int, int], *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """Return the position embedding ``(1, 1 + h * w, D)`` for a token grid, cached."""
+    def position_embedding(self, grid: tuple[int, int], *, device: torch.device) -> torch.Tensor:
+        """Return the float32 position embedding ``(1, 1 + h * w, D)`` for a token grid, cached."""
         if torch.is_grad_enabled() and self.pos_embed.requires_grad:
-            return resize_pos_embed(self.pos_embed, grid).to(dtype=dtype, device=device)
-        key = (grid, dtype, device, self.pos_embed.data_ptr(), self.pos_embed._version)
-        with self._pos_lock:
-            hit = self._pos_cache.get(key)
-            if hit is not None:
-                self._pos_cache.move_to_end(key)
-                return hit
-        with torch.no_grad():
-            resized = resize_pos_embed(self.pos_embed, grid).to(dtype=dtype, device=device)
-        with self._pos_lock:
-            self._pos_cache[key] = resized
-            while len(self._pos_cache) > POS_EMBED_CACHE_SIZE:
-                self._pos_cache.popitem(last=False)
-        return resized
+            return resize_pos_embed(self.pos_embed, grid).to(device)
+        key = (grid, device, weights_version([self.pos_embed]))
+        return self._pos_cache.get_or_compute(key, lambda: resize_pos_embed(self.pos_embed, grid).to(device))
+
+    def low_precision_weights(self, dtype: torch.dtype, device: torch.device) -> list[dict[str, torch.Tensor]]:
+        """Return per-block copies of the linear weights in ``dtype``, cached until the weights change."""
+        key = (dtype, device, weights_version(self.blocks.parameters()))
+        return self._low_precision_cache.get_or_compute(
+            key, lambda: [block.cast_linear_weights(dtype, device) for block in self.blocks]
+        )
 
     def clear_caches(self) -> None:
-        """Drop cached kernels and position embeddings (they also invalidate themselves)."""
+        """Drop cached kernels, position embeddings and low-precision weights to free memory.
+
+        Stale entries are never used, so calling this is never needed for correctness.
+        """
         self.patch_embed.clear_cache()
-        with self._pos_lock:
-            self._pos_cache.clear()
+        self._pos_cache.clear()
+        self._low_precision_cache.clear()
 
     def forward_tokens(
-        self, x: torch.Tensor, *, wavelengths_um: Sequence[float], patch_size: int
+        self,
+        x: torch.Tensor,
+        *,
+        wavelengths_um: Sequence[float],
+        patch_size: int,
+        precision: Precision = "float32",
     ) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Run the encoder; return all tokens ``(B, 1 + h * w, D)`` (cls first) and the grid ``(h, w)``."""
+        """Run the encoder; return float32 tokens ``(B, 1 + h * w, D)`` (cls first) and the grid ``(h, w)``."""
         validate_inputs(x, wavelengths_um, patch_size)
+        check_precision(precision, x.device)
         grid = token_grid((x.shape[-2], x.shape[-1]), patch_size)
-        tokens = self.patch_embed(x, wavelengths_um, patch_size)
-        tokens = tokens.flatten(2).transpose(1, 2)
+        compute_dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+        block_weights: list[dict[str, torch.Tensor]] | list[None] = [None] * len(self.blocks)
+        if compute_dtype != torch.float32:
+            block_weights = self.low_precision_weights(compute_dtype, x.device)
 
-        pos_embed = self.position_embedding(grid, dtype=tokens.dtype, device=tokens.device)
-        cls_token = (self.cls_token.to(tokens.dtype) + pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
-        tokens = torch.cat([cls_token, tokens + pos_embed[:, 1:]], dim=1)
+        with autocast(x.device, "float32"):
+            tokens = self.patch_embed(x.to(compute_dtype), wavelengths_um, patch_size)
+            tokens = tokens.flatten(2).transpose(1, 2).float()
 
-        for block in self.blocks:
-            tokens = block(tokens)
+            pos_embed = self.position_embedding(grid, device=tokens.device)
+            cls_token = (self.cls_token + pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
+            tokens = torch.cat([cls_token, tokens + pos_embed[:, 1:]], dim=1)
+
+            for block, weights in zip(self.blocks, block_weights, strict=True):
+                tokens = block(tokens, weights)
         return tokens, grid
 
     def forward_features(
@@ -150,7 +160,7 @@ class FlexiMo(nn.Module):
         patch_size: int,
         precision: Precision = "float32",
     ) -> torch.Tensor:
-        """Return encoder features.
+        """Return float32 encoder features.
 
         Returns
         -------
@@ -158,12 +168,11 @@ class FlexiMo(nn.Module):
             Classifier: mean of the patch tokens after ``fc_norm``, ``(B, D)``.
             Upernet: the patch tokens as a map ``(B, D, h, w)``.
         """
-        with autocast(x.device, precision):
-            tokens, grid = self.forward_tokens(x, wavelengths_um=wavelengths_um, patch_size=patch_size)
-            patches = tokens[:, 1:]
-            if self.fc_norm is not None:
-                return self.fc_norm(patches.mean(dim=1))
-            return patches.transpose(1, 2).reshape(tokens.shape[0], -1, grid[0], grid[1])
+        tokens, grid = self.forward_tokens(x, wavelengths_um=wavelengths_um, patch_size=patch_size, precision=precision)
+        patches = tokens[:, 1:]
+        if self.fc_norm is not None:
+            return self.fc_norm(patches.mean(dim=1))
+        return patches.transpose(1, 2).reshape(tokens.shape[0], -1, grid[0], grid[1])
 
     def forward(
         self,
@@ -173,7 +182,7 @@ class FlexiMo(nn.Module):
         patch_size: int,
         precision: Precision = "float32",
     ) -> torch.Tensor:
-        """Return logits: ``(B, K)`` for a classifier, ``(B, K, H, W)`` for the upernet head.
+        """Return float32 logits: ``(B, K)`` for a classifier, ``(B, K, H, W)`` for the upernet head.
 
         Parameters
         ----------
@@ -185,14 +194,17 @@ class FlexiMo(nn.Module):
         patch_size
             Patch side in pixels, ``1 <= patch_size <= min(H, W)``.
         precision
-            ``"float32"`` (exact) or ``"bfloat16"`` autocast, on CUDA and on
-            CPUs with bfloat16 matrix units. The logits are float32 either way.
+            ``"float32"``: exact, also inside an enclosing autocast region.
+            ``"bfloat16"``: matrix products and the dense head in bfloat16
+            (LayerNorms and the residual stream stay float32), on CUDA and on
+            CPUs with native bfloat16 support.
 
         Raises
         ------
         ValueError
             For an input that is not ``(B, C, H, W)``, wavelengths that are not
-            one positive micrometre value per channel, or an invalid patch size.
+            one positive micrometre value per channel, an invalid patch size,
+            or bfloat16 on a device without support.
         """
         features = self.forward_features(x, wavelengths_um=wavelengths_um, patch_size=patch_size, precision=precision)
         with autocast(x.device, precision):

@@ -9,14 +9,13 @@ keys so that its checkpoints load unchanged.
 
 from __future__ import annotations
 
-import collections
-import threading
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.model.cache import TensorCache, weights_version
 from pipeline.model.config import ModelConfig
 from pipeline.model.pi_resize import pi_resize_kernel, pinv_matrix
 
@@ -135,9 +134,6 @@ class TransformerWeightGenerator(nn.Module):
         return weights, bias
 
 
-KernelKey = tuple[tuple[float, ...], int, torch.dtype, torch.device, tuple[tuple[int, int], ...]]
-
-
 class DynamicPatchEmbed(nn.Module):
     """Patch embedding whose kernel is generated from band wavelengths.
 
@@ -145,8 +141,8 @@ class DynamicPatchEmbed(nn.Module):
     an input side of ``S`` pixels gives ``(S + 2 - p) // p + 1`` tokens.
 
     Generated kernels are cached per (wavelengths, patch size, dtype, device,
-    weight versions) while no gradient flows into the generator; the cache is
-    the only state that ``forward`` touches, and it is guarded by a lock.
+    weight versions) while no gradient flows into the generator. The cache is
+    the only state that ``forward`` touches, and it is thread-safe.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -156,10 +152,7 @@ class DynamicPatchEmbed(nn.Module):
         self.wavelength_dim = config.wavelength_dim
         self.weight_generator = TransformerWeightGenerator(config)
         self.fclayer = FCResLayer(config.wavelength_dim)
-        self._kernel_cache: collections.OrderedDict[KernelKey, tuple[torch.Tensor, torch.Tensor]] = (
-            collections.OrderedDict()
-        )
-        self._cache_lock = threading.Lock()
+        self._kernel_cache: TensorCache[tuple[torch.Tensor, torch.Tensor]] = TensorCache(KERNEL_CACHE_SIZE)
 
     def generate_kernel(
         self,
@@ -186,12 +179,6 @@ class DynamicPatchEmbed(nn.Module):
             kernel = pi_resize_kernel(kernel, patch_size, pinv)
         return kernel.to(device=device, dtype=dtype).contiguous(), bias.to(device=device, dtype=dtype)
 
-    def _weights_version(self) -> tuple[tuple[int, int], ...]:
-        # In-place updates (load_state_dict, optimiser steps) bump _version, and
-        # .to() or dtype casts change data_ptr, so a stale kernel is never reused.
-        tensors = list(self.weight_generator.parameters()) + list(self.fclayer.parameters())
-        return tuple((t.data_ptr(), t._version) for t in tensors)
-
     def _needs_grad(self) -> bool:
         return torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
 
@@ -203,31 +190,28 @@ class DynamicPatchEmbed(nn.Module):
         dtype: torch.dtype,
         device: torch.device,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the kernel and bias from the cache, generating them on a miss."""
+        """Return the kernel and bias from the cache, generating them on a miss.
+
+        The cache is bypassed while gradients flow into the generator (training).
+        """
         if self._needs_grad():
             return self.generate_kernel(wavelengths_um, patch_size, dtype=dtype, device=device)
-
-        key: KernelKey = (tuple(float(w) for w in wavelengths_um), patch_size, dtype, device, self._weights_version())
-        with self._cache_lock:
-            hit = self._kernel_cache.get(key)
-            if hit is not None:
-                self._kernel_cache.move_to_end(key)
-                return hit
-        with torch.no_grad():
-            generated = self.generate_kernel(wavelengths_um, patch_size, dtype=dtype, device=device)
-        with self._cache_lock:
-            self._kernel_cache[key] = generated
-            self._kernel_cache.move_to_end(key)
-            while len(self._kernel_cache) > KERNEL_CACHE_SIZE:
-                self._kernel_cache.popitem(last=False)
-        return generated
+        key = (
+            tuple(float(w) for w in wavelengths_um),
+            patch_size,
+            dtype,
+            device,
+            weights_version(self.parameters()),
+        )
+        return self._kernel_cache.get_or_compute(
+            key, lambda: self.generate_kernel(wavelengths_um, patch_size, dtype=dtype, device=device)
+        )
 
     def clear_cache(self) -> None:
-        """Drop all cached kernels (they are also invalidated automatically)."""
-        with self._cache_lock:
-            self._kernel_cache.clear()
+        """Drop all cached kernels (stale ones are never used, so this only frees memory)."""
+        self._kernel_cache.clear()
 
     def forward(self, x: torch.Tensor, wavelengths_um: Sequence[float], patch_size: int) -> torch.Tensor:
-        """Project ``x`` ``(B, C, H, W)`` to tokens ``(B, D, h, w)``."""
+        """Project ``x`` ``(B, C, H, W)`` to tokens ``(B, D, h, w)`` in ``x``'s dtype."""
         kernel, bias = self.cached_kernel(wavelengths_um, patch_size, dtype=x.dtype, device=x.device)
         return F.conv2d(x, kernel, bias, stride=patch_size, padding=1)

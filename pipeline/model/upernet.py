@@ -127,6 +127,10 @@ def _branch(embed_dim: int, channels: int, factor: int, norm_groups: int) -> nn.
 class UPerNetHead(nn.Module):
     """Dense head: token map ``(B, D, h, w)`` to logits ``(B, K, H, W)``."""
 
+    def _single_channel_groups(self) -> bool:
+        norms = [branch[1] for branch in (self.conv0, self.conv1, self.conv2, self.conv3)]
+        return any(norm.num_groups == norm.num_channels for norm in norms)
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         widths = config.branch_channels
@@ -142,6 +146,11 @@ class UPerNetHead(nn.Module):
 
     def forward(self, tokens: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
         """Return logits ``(B, K, *output_size)`` for a token map ``(B, D, h, w)``."""
+        if tokens.shape[-2] * tokens.shape[-1] == 1 and self._single_channel_groups():
+            raise ValueError(
+                f"The upernet head cannot normalise a 1x1 token grid: its GroupNorm has one channel per group "
+                f"in some branch. Use an input of at least 2 tokens per tile (output size {tuple(output_size)})."
+            )
         features = [self.conv0(tokens), self.conv1(tokens), self.conv2(tokens), self.conv3(tokens)]
         logits = self.cls_seg(self.decoder(features))
         if tuple(logits.shape[-2:]) != tuple(output_size):
