@@ -166,7 +166,11 @@ class TinyViTCard:
 
 
 class _Slowed(nn.Module):
-    """Wraps a model so each call takes at least ``delay_s`` and appends its pid and interval to ``log``."""
+    """Wraps a model: each call sleeps ``delay_s`` and appends a line to ``log``.
+
+    The line holds the process id and how many model tasks (keys starting
+    with ``predict-``) the Dask worker was executing at the time of the call.
+    """
 
     def __init__(self, model: nn.Module, delay_s: float, log: str | None) -> None:
         super().__init__()
@@ -175,10 +179,12 @@ class _Slowed(nn.Module):
         self.log = log
 
     def forward(self, x, wavelengths_um=None, patch_size=None):
-        started = time.time()
+        from distributed import get_worker
+
+        executing = [task for task in get_worker().state.executing if str(task.key).startswith("predict-")]
         out = self.model(x, wavelengths_um, patch_size)
         time.sleep(self.delay_s)
         if self.log:
             with open(self.log, "a") as handle:
-                handle.write(f"{os.getpid()} {started!r} {time.time()!r}\n")
+                handle.write(f"{os.getpid()} {len(executing)}\n")
         return out

@@ -1,0 +1,318 @@
+"""Tests of the inference stage on real Dask clusters of worker processes.
+
+The scene is 150 x 97 px (non-square, a multiple of neither tile nor stride)
+with a nodata corner and a nodata strip wide enough to skip whole tiles. The
+cards use 8 x 8 tokens of 4 px, so tiles are 32 px with 8 px overlap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+
+import distributed
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
+
+from inference_support import PointwiseCard, TinyViTCard, pointwise_logits, scene_values, write_cube
+from pipeline import layout, model_cache
+from pipeline.blocks import LOGIT_LIMIT, LOGIT_SCALE
+from pipeline.inference import InferenceOptions, run_inference
+from pipeline.tiling import tile_grid
+
+HEIGHT, WIDTH = 150, 97
+OPTIONS = InferenceOptions(overlap_px=8, block_px=32, chunk_px=32, batch_size=4)
+OUTPUTS = (layout.LANDCOVER_PROBABILITY_VAR, layout.LANDCOVER_VAR, layout.LANDCOVER_CONFIDENCE_VAR)
+
+
+def _scene() -> np.ndarray:
+    values = scene_values(HEIGHT, WIDTH, seed=3)
+    values[1, :5, :7] = layout.REFLECTANCE_FILL  # one band missing: still nodata
+    values[:, 110:, :40] = layout.REFLECTANCE_FILL  # whole tiles of nodata
+    return values
+
+
+def _read(url: str) -> dict[str, np.ndarray]:
+    with xr.open_zarr(url, mask_and_scale=False, consolidated=False) as dataset:
+        return {name: dataset[name].values for name in dataset.data_vars}
+
+
+def _cluster(n_workers: int) -> LocalCluster:
+    return LocalCluster(n_workers=n_workers, threads_per_worker=2, processes=True, dashboard_address=None)
+
+
+@pytest.fixture(scope="module")
+def client():
+    with _cluster(2) as cluster, Client(cluster) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def cube(tmp_path_factory) -> str:
+    return write_cube(tmp_path_factory.mktemp("cube") / "obs-1.zarr", _scene(), chunk_px=32)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cube) -> dict[str, np.ndarray]:
+    """The tiny ViT's predictions as one block on a cluster of one worker."""
+    url = str(tmp_path_factory.mktemp("reference") / "obs-1.zarr")
+    with _cluster(1) as cluster, Client(cluster) as single:
+        options = InferenceOptions(overlap_px=8, block_px=256, chunk_px=32, batch_size=8)
+        report = run_inference(single, cube, url, [TinyViTCard()], options)
+    assert report.blocks_done == 1
+    return _read(url)
+
+
+def test_one_block_output_valid(reference):
+    nodata = (_scene() == layout.REFLECTANCE_FILL).any(axis=0)
+    for name in OUTPUTS:
+        values = reference[name]
+        assert np.all(values[..., nodata] == layout.PROBABILITY_FILL), name
+        assert np.all(values[..., ~nodata] != layout.PROBABILITY_FILL), name
+    probabilities = reference[layout.LANDCOVER_PROBABILITY_VAR][:, ~nodata].astype(int)
+    assert np.all(np.abs(probabilities.sum(axis=0) - 250) <= 4)
+    assert set(np.unique(reference[layout.LANDCOVER_VAR][~nodata])) <= {0, 1, 2, 3}
+    assert np.all(reference[layout.LANDCOVER_CONFIDENCE_VAR][~nodata] <= 100)
+
+
+@pytest.mark.parametrize("block_px", [32, 64, 96])
+def test_blocks_and_workers_give_same_bytes(client, cube, reference, tmp_path, block_px):
+    url = str(tmp_path / "obs-1.zarr")
+    options = InferenceOptions(overlap_px=8, block_px=block_px, chunk_px=32, batch_size=3)
+    report = run_inference(client, cube, url, [TinyViTCard()], options)
+
+    grid = tile_grid(HEIGHT, WIDTH, 32, 8)
+    assert report.tiles_run + report.tiles_skipped == len(grid)
+    assert report.tiles_skipped > 0
+    assert report.blocks_done == -(-HEIGHT // block_px) * -(-WIDTH // block_px)
+    result = _read(url)
+    for name in OUTPUTS:
+        assert np.array_equal(result[name], reference[name]), name
+
+
+def test_rerun_resumes_and_gives_same_bytes(client, cube, reference, tmp_path):
+    url = str(tmp_path / "predictions" / "obs-1.zarr")
+    calls = []
+
+    def stop_halfway(done: int, total: int) -> None:
+        calls.append(done)
+        if done == total // 2:
+            raise KeyboardInterrupt("stopped halfway")
+
+    with pytest.raises(KeyboardInterrupt, match="halfway"):
+        run_inference(client, cube, url, [TinyViTCard()], OPTIONS, manifest_url=str(tmp_path), progress=stop_halfway)
+
+    report = run_inference(client, cube, url, [TinyViTCard()], OPTIONS, manifest_url=str(tmp_path))
+    total = report.blocks_done + report.blocks_skipped
+    assert total == 5 * 4
+    assert report.blocks_skipped >= total // 2
+    assert report.blocks_done >= 1
+    result = _read(url)
+    for name in OUTPUTS:
+        assert np.array_equal(result[name], reference[name]), name
+
+    again = run_inference(client, cube, url, [TinyViTCard()], OPTIONS, manifest_url=str(tmp_path))
+    assert again.blocks_skipped == total
+    assert again.blocks_done == 0
+    assert (tmp_path / "manifest.json").exists()
+
+
+def _expected_pointwise(card: PointwiseCard, values: np.ndarray) -> dict[str, np.ndarray]:
+    """The pointwise card's outputs computed on the whole scene at once, without tiles."""
+    nodata = (values == layout.REFLECTANCE_FILL).any(axis=0)
+    reflectance = torch.from_numpy(values.astype(np.float32) * np.float32(layout.REFLECTANCE_SCALE))
+    logits = pointwise_logits(reflectance[None], torch.tensor(card.weight), torch.tensor(card.bias))[0].numpy()
+    quantized = np.round(np.clip(logits, -LOGIT_LIMIT, LOGIT_LIMIT).astype(np.float64) * LOGIT_SCALE)
+    logits = (quantized / LOGIT_SCALE).astype(np.float32)
+
+    shifted = logits - logits.max(axis=0, keepdims=True)
+    exponent = np.exp(shifted)
+    probabilities = exponent / exponent.sum(axis=0, keepdims=True)
+    scaled = np.rint(probabilities * 250).astype(np.uint8)
+    scaled[:, nodata] = 255
+    labels = np.where(nodata, 255, probabilities.argmax(axis=0)).astype(np.uint8)
+    confidence = np.where(nodata, 255, np.rint(probabilities.max(axis=0) * 100)).astype(np.uint8)
+    return {
+        layout.LANDCOVER_PROBABILITY_VAR: scaled,
+        layout.LANDCOVER_VAR: labels,
+        layout.LANDCOVER_CONFIDENCE_VAR: confidence,
+    }
+
+
+@pytest.mark.parametrize("overlap_px", [0, 8, 16])
+def test_pointwise_model_has_no_seams(client, cube, tmp_path, overlap_px):
+    card = PointwiseCard()
+    url = str(tmp_path / "obs-1.zarr")
+    options = InferenceOptions(overlap_px=overlap_px, block_px=32, chunk_px=32, batch_size=5)
+    run_inference(client, cube, url, [card], options)
+
+    result = _read(url)
+    expected = _expected_pointwise(card, _scene())
+    for name in OUTPUTS:
+        mismatch = np.argwhere(result[name] != expected[name])
+        assert mismatch.size == 0, f"{name} differs at {mismatch[:5].tolist()}"
+
+
+def test_scene_smaller_than_one_tile(client, tmp_path):
+    values = scene_values(5, 3, seed=1)
+    cube = write_cube(tmp_path / "tiny.zarr", values, chunk_px=32)
+    url = str(tmp_path / "pred.zarr")
+    report = run_inference(client, cube, url, [PointwiseCard()], OPTIONS)
+    assert report.tiles_run == 1
+    result = _read(url)
+    expected = _expected_pointwise(PointwiseCard(), values)
+    for name in OUTPUTS:
+        assert np.array_equal(result[name], expected[name]), name
+
+
+def test_cloud_and_landcover_in_one_store(client, cube, tmp_path):
+    cloud = PointwiseCard(name="cloud-test", task="cloud", classes=("clear", "cloud"),
+                          weight=((1.0, 1.0, 1.0, 1.0), (-1.0, 2.0, 0.0, 1.0)), bias=(0.0, 0.0))
+    url = str(tmp_path / "obs-1.zarr")
+    report = run_inference(client, cube, url, [PointwiseCard(), cloud], OPTIONS)
+    assert [card.task for card in report.cards] == ["landcover", "cloud"]
+
+    result = _read(url)
+    assert set(result) == {*OUTPUTS, layout.CLOUD_PROBABILITY_VAR}
+    nodata = (_scene() == layout.REFLECTANCE_FILL).any(axis=0)
+    cloud_values = result[layout.CLOUD_PROBABILITY_VAR]
+    assert np.all(cloud_values[nodata] == 255)
+    assert cloud_values[~nodata].max() <= 100
+
+    with xr.open_zarr(url, decode_coords="all", consolidated=False) as dataset:
+        attrs = dataset[layout.CLOUD_PROBABILITY_VAR].attrs
+        assert attrs["card"] == "cloud-test"
+        assert attrs["fingerprint"] == cloud.fingerprint()
+        assert attrs["tile_px"] == 32 and attrs["patch_size_px"] == 4
+        assert dataset.rio.crs.to_epsg() == 32618
+        assert dataset.sizes["y"] == HEIGHT and dataset.sizes["x"] == WIDTH
+
+
+def test_patch_size_matched_to_scene_gsd(client, tmp_path):
+    # A 4 m scene with a 10 m / p4 card: p = 10, tiles of 8 x 10 = 80 px.
+    cube = write_cube(tmp_path / "gf2.zarr", scene_values(90, 170, seed=2), chunk_px=32, gsd_m=4.0)
+    url = str(tmp_path / "pred.zarr")
+    report = run_inference(client, cube, url, [PointwiseCard()], OPTIONS)
+    card = report.cards[0]
+    assert (card.patch_px, card.tile_px, card.overlap_px) == (10, 80, 8)
+    assert card.block_px == 96  # one tile, rounded up to the 32 px chunks
+    assert card.tiles_run == len(tile_grid(90, 170, 80, 8))
+
+    override = run_inference(client, cube, str(tmp_path / "pred16.zarr"), [PointwiseCard()],
+                             InferenceOptions(overlap_px=8, block_px=64, chunk_px=32, patch_size_override=6))
+    assert override.cards[0].tile_px == 48
+
+
+def test_checkpoint_loaded_once_per_worker(client, cube, tmp_path):
+    card = TinyViTCard(seed=11)
+    before = client.run(model_cache.load_count)
+    report = run_inference(client, cube, str(tmp_path / "obs-1.zarr"), [card], OPTIONS)
+    after = client.run(model_cache.load_count)
+
+    loads = {address: after[address] - before.get(address, 0) for address in after}
+    assert report.blocks_done == 20
+    assert all(count <= 1 for count in loads.values()), loads
+    assert sum(loads.values()) >= 1
+
+
+@pytest.fixture(scope="module")
+def gpu_client():
+    """A cluster where only one of two workers advertises ``GPU=1``."""
+    workers = {
+        "gpu": {"cls": Nanny, "options": {"nthreads": 2, "resources": {"GPU": 1}, "dashboard_address": None}},
+        "cpu": {"cls": Nanny, "options": {"nthreads": 2, "dashboard_address": None}},
+    }
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": None}}
+    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2)
+        yield client
+
+
+def _gpu_worker(client: Client) -> str:
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    return next(address for address, worker in info.items() if worker["resources"].get("GPU"))
+
+
+def test_model_tasks_only_on_gpu_worker(gpu_client, cube, tmp_path):
+    log = tmp_path / "calls.log"
+    card = TinyViTCard(call_delay_s=0.05, call_log=str(log))
+    gpu_worker = _gpu_worker(gpu_client)
+    gpu_pid = gpu_client.run(os.getpid, workers=[gpu_worker])[gpu_worker]
+    # Several blocks in flight, so that model tasks compete for the worker's two threads.
+    options = dataclasses.replace(OPTIONS, blocks_in_flight=6)
+    with distributed.get_task_stream(gpu_client) as stream:
+        run_inference(gpu_client, cube, str(tmp_path / "obs-1.zarr"), [card], options)
+
+    predicts = [record for record in stream.data if str(record["key"]).startswith("predict-")]
+    assert len(predicts) == 20
+    assert {record["worker"] for record in predicts} == {gpu_worker}
+    calls = [line.split() for line in log.read_text().splitlines()]
+    assert len(calls) >= 10  # blocks whose tiles are all nodata, or that own no tile, make no call
+    assert {int(pid) for pid, _ in calls} == {gpu_pid}
+    # Each model call saw exactly one model task executing on its worker: its own.
+    assert {int(executing) for _, executing in calls} == {1}
+
+
+def test_job_survives_killed_worker(gpu_client, cube, reference, tmp_path):
+    # The worker that runs every model task is killed after the first block is written.
+    card = TinyViTCard(call_delay_s=0.1)
+    gpu_worker = _gpu_worker(gpu_client)
+    pid = gpu_client.run(os.getpid, workers=[gpu_worker])[gpu_worker]
+    killed = []
+
+    def kill_model_worker(done: int, total: int) -> None:
+        if not killed:
+            killed.append(len(gpu_client.processing(workers=[gpu_worker])[gpu_worker]))
+            os.kill(pid, signal.SIGKILL)
+
+    report = run_inference(gpu_client, cube, str(tmp_path / "obs-1.zarr"), [card], OPTIONS, progress=kill_model_worker)
+
+    assert killed and killed[0] > 0, "the killed worker had no task in progress"
+    assert report.blocks_done == 20
+    assert pid not in gpu_client.run(os.getpid).values()
+    result = _read(str(tmp_path / "obs-1.zarr"))
+    for name in OUTPUTS:
+        assert np.array_equal(result[name], reference[name]), name
+
+
+def test_missing_cube_rejected(client, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no input cube at .*run the ingest stage"):
+        run_inference(client, str(tmp_path / "absent.zarr"), str(tmp_path / "p.zarr"), [PointwiseCard()], OPTIONS)
+
+
+@pytest.mark.parametrize(
+    ("cards", "match"),
+    [
+        ([PointwiseCard(), TinyViTCard()], "2 cards have task 'landcover'; pass one card per product"),
+        ([PointwiseCard(task="cloud", classes=("clear", "haze"))], "has no class named 'cloud'"),
+        ([PointwiseCard(task="water")], "has task 'water'; expected 'landcover' or 'cloud'"),
+    ],
+)
+def test_bad_cards_rejected(client, cube, tmp_path, cards, match):
+    with pytest.raises(ValueError, match=match):
+        run_inference(client, cube, str(tmp_path / "p.zarr"), cards, OPTIONS)
+
+
+def test_overlap_wider_than_half_tile_rejected(client, cube, tmp_path):
+    options = InferenceOptions(overlap_px=20, block_px=32, chunk_px=32)
+    with pytest.raises(ValueError, match="tile overlap 20 px is outside"):
+        run_inference(client, cube, str(tmp_path / "p.zarr"), [PointwiseCard()], options)
+
+
+@pytest.mark.parametrize(
+    ("keywords", "match"),
+    [
+        ({"overlap_px": -1}, "overlap_px must be >= 0"),
+        ({"overlap_fraction": 0.7}, r"overlap_fraction must be in \[0, 0.5\]"),
+        ({"batch_size": 0}, "batch_size must be at least 1"),
+        ({"precision": "float16"}, "precision 'float16' is not supported"),
+        ({"threads_per_worker": 0}, "threads_per_worker must be at least 1"),
+    ],
+)
+def test_bad_options_rejected(keywords, match):
+    with pytest.raises(ValueError, match=match):
+        InferenceOptions(**keywords)
