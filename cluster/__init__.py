@@ -14,17 +14,14 @@ from cluster.environment import (
     worker_threads,
 )
 from cluster.gpu import GPU_RESOURCE, GPUNotFoundError, gpu_workers
+from cluster.loading import ProfileError, bundled_profiles, load_profile, parse_profile
 from cluster.profile import (
     AddressProfile,
     ClusterProfile,
     KubernetesProfile,
     LocalGPUProfile,
     LocalProfile,
-    ProfileError,
     SlurmProfile,
-    bundled_profiles,
-    load_profile,
-    parse_profile,
 )
 from cluster.start import describe_profile, start_cluster
 

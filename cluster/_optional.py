@@ -6,8 +6,12 @@ import importlib
 from types import ModuleType
 
 
-class MissingBackendError(ImportError):
-    """Raised when a profile needs a backend package that is not installed."""
+class MissingBackendError(ImportError, RuntimeError):
+    """Raised when a profile needs a backend package that is not installed.
+
+    It is also a ``RuntimeError``, so command-line front ends that report
+    runtime errors as one line report this one the same way.
+    """
 
 
 def import_backend(module: str, extra: str, *, profile_kind: str) -> ModuleType:

@@ -100,7 +100,7 @@ def _connect_gateway(profile: AddressProfile) -> Iterator[Client]:
             owned = True
 
         try:
-            with gateway_cluster.get_client(set_as_default=False) as client:
+            with gateway_cluster.get_client() as client:
                 yield client
         finally:
             if owned:

@@ -1,9 +1,9 @@
 """Environment that every worker process starts with, and the torch thread count.
 
-All backends start workers with the same settings: BLAS/OpenMP threads matched
-to the worker's share of cores, GDAL and fsspec settings for reads from object
-storage and HTTP, and the worker's core count, so that a task can size torch's
-thread pool from inside the worker.
+All backends start workers with the same settings. BLAS and OpenMP threads
+match the worker's share of cores, and GDAL and fsspec are tuned for reads from
+object storage and HTTP. The worker's core count is exported too, so that a
+task can size torch's thread pool from inside the worker.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ def gpu_workers(client: Client) -> list[str]:
 
 
 def probe_gpu() -> dict[str, Any]:
-    """Report the CUDA devices torch sees in this process; runs on a worker."""
+    """Return the CUDA devices visible to torch in this process; runs on a worker."""
     import torch
 
     available = torch.cuda.is_available()
@@ -54,8 +54,8 @@ def check_gpu_workers(
 ) -> None:
     """Fail unless the workers see a CUDA device.
 
-    Waits up to ``timeout_s`` seconds for the first worker, then asks each
-    worker what torch sees. A GPU profile must not quietly fall back to CPU.
+    Waits up to ``timeout_s`` seconds for the first worker, then runs
+    :func:`probe_gpu` on each worker. A GPU profile must not quietly fall back to CPU.
     With ``only_gpu_resource``, only workers that advertise the ``GPU``
     resource are checked, for clusters that mix CPU and GPU workers.
 

@@ -51,7 +51,8 @@ def _worker_command(profile: KubernetesProfile) -> list[str]:
     ]
     if profile.gpus_per_worker > 0:
         # The device plugin shows the container only its own GPUs, so a plain
-        # Dask worker owns them; one GPU per pod keeps one model task per GPU.
+        # Dask worker needs no device pinning. One GPU per pod gives one model
+        # task per GPU.
         command += ["--resources", f"{GPU_RESOURCE}={profile.gpus_per_worker}"]
     return command
 
@@ -59,9 +60,9 @@ def _worker_command(profile: KubernetesProfile) -> list[str]:
 def kubernetes_cluster_spec(profile: KubernetesProfile) -> dict[str, Any]:
     """Build the ``DaskCluster`` resource of a profile without contacting Kubernetes.
 
-    Starts from dask-kubernetes' ``make_cluster_spec`` and then gives the
-    worker pods their GPU request, memory limit, thread settings, node selector
-    and tolerations; the scheduler pod gets CPU and memory only.
+    Starts from dask-kubernetes' ``make_cluster_spec``, then sets the worker
+    pods' GPU request, memory limit, thread settings, node selector and
+    tolerations. The scheduler pod requests CPU and memory only.
 
     Raises
     ------

@@ -103,6 +103,17 @@ def _describe_environment(environment: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def _dashboard_arguments(address: str | None) -> dict[str, object]:
+    """Return the LocalCluster arguments that serve the dashboard at ``address``, or none.
+
+    The scheduler's HTTP server starts even without a dashboard. A random port
+    avoids warnings about port 8787 when other clusters run on this machine.
+    """
+    if address is not None:
+        return {"dashboard_address": address}
+    return {"dashboard_address": ":0", "scheduler_kwargs": {"dashboard": False}}
+
+
 def create_local_cluster(profile: LocalProfile) -> LocalCluster:
     """Start the worker processes of a ``local`` profile."""
     layout = local_worker_layout(profile)
@@ -117,7 +128,7 @@ def create_local_cluster(profile: LocalProfile) -> LocalCluster:
         threads_per_worker=layout.threads_per_worker,
         memory_limit=layout.memory_limit_bytes,
         processes=True,
-        dashboard_address=profile.dashboard_address,
+        **_dashboard_arguments(profile.dashboard_address),
         resources={"GPU": 1} if profile.gpu_resource else None,
         env=_local_environment(profile, layout),
     )
@@ -184,7 +195,7 @@ def create_local_gpu_cluster(profile: LocalGPUProfile) -> LocalCluster:
             threads_per_worker=profile.threads_per_worker,
             memory_limit=memory_limit_bytes,
             rmm_pool_size=profile.rmm_pool_size,
-            dashboard_address=profile.dashboard_address,
+            **_dashboard_arguments(profile.dashboard_address),
             resources={"GPU": 1},
             env=environment,
         )

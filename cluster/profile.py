@@ -1,18 +1,15 @@
-"""Cluster profiles: YAML files validated into typed objects, one class per backend.
+"""Cluster profile models, one pydantic class per backend, selected by ``kind``.
 
-A profile is chosen by name (a file in ``cluster/profiles/``) or by path. The
-``kind`` field selects the backend; everything else sizes the workers. The
-same job file runs on a workstation, under SLURM or on Kubernetes by changing
-only the profile.
+The ``kind`` field selects the backend and everything else sizes the workers.
+The same job file runs on a workstation, under SLURM or on Kubernetes by
+changing only the profile.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Annotated, Any, Literal, TypeAlias
 
-import yaml
 from dask.utils import parse_bytes
 from pydantic import (
     BaseModel,
@@ -21,19 +18,9 @@ from pydantic import (
     Field,
     NonNegativeInt,
     PositiveInt,
-    TypeAdapter,
-    ValidationError,
     field_validator,
     model_validator,
 )
-
-PROFILE_DIRECTORY = Path(__file__).with_name("profiles")
-"""Folder of the profiles bundled with the package."""
-
-
-class ProfileError(ValueError):
-    """Raised when a cluster profile cannot be found or fails validation."""
-
 
 def _parse_byte_size(value: Any) -> Any:
     if isinstance(value, bool):
@@ -58,6 +45,8 @@ _SLURM_MEMORY_OPTIONS = ("--mem", "--mem-per-cpu", "--mem-per-gpu")
 _SLURM_GENERATED_OPTIONS = ("--gres", "--gpus", "--gpus-per-node", "--gpus-per-task", "--cpus-per-task")
 _WALLTIME = re.compile(r"^(\d+-)?\d{1,3}:\d{2}(:\d{2})?$")
 _KUBERNETES_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
+PROFILE_KINDS = ("local", "local-gpu", "slurm", "kubernetes", "address")
+"""Values of the ``kind`` field, one per backend."""
 _SCHEDULER_SCHEMES = ("tcp://", "tls://", "ucx://", "ws://", "wss://", "inproc://")
 
 
@@ -238,7 +227,7 @@ class KubernetesProfile(_ProfileBase):
     scheduler_cores: PositiveInt = 1
     scheduler_memory: ByteSize = 4 * 2**30
     idle_timeout_s: NonNegativeInt = 0
-    """Seconds without a client after which the operator deletes the cluster; 0 never."""
+    """Seconds the scheduler may stay idle before the operator deletes the cluster; 0 never."""
     start_timeout_s: float = Field(default=600.0, gt=0)
 
     @property
@@ -297,11 +286,11 @@ class AddressProfile(_ProfileBase):
     address: str | None = None
     gateway: GatewaySettings | None = None
     require_gpu: bool = False
-    """Fail at start unless at least one worker advertises the ``GPU`` resource."""
+    """Fail at start unless a worker advertises ``GPU`` and each such worker has CUDA."""
 
     @property
     def requires_gpu(self) -> bool:
-        """Whether the profile asks for GPU workers."""
+        """Whether the profile requires a GPU worker."""
         return self.require_gpu
 
     @field_validator("address")
@@ -330,91 +319,3 @@ ClusterProfile: TypeAlias = Annotated[
 ]
 """Any cluster profile; ``kind`` selects the class."""
 
-_PROFILE_ADAPTER: TypeAdapter[ClusterProfile] = TypeAdapter(ClusterProfile)
-
-
-def bundled_profiles() -> list[str]:
-    """Return the names of the profiles shipped in ``cluster/profiles/``, sorted."""
-    return sorted(path.stem for path in PROFILE_DIRECTORY.glob("*.yaml"))
-
-
-def _resolve_profile_path(name_or_path: str | Path) -> Path:
-    path = Path(name_or_path).expanduser()
-    if path.suffix in (".yaml", ".yml") or path.parent != Path("."):
-        if not path.is_file():
-            raise ProfileError(
-                f"cluster profile file {str(path)!r} not found; pass an existing YAML "
-                f"file or one of the bundled names {bundled_profiles()}"
-            )
-        return path
-
-    bundled = PROFILE_DIRECTORY / f"{name_or_path}.yaml"
-    if not bundled.is_file():
-        raise ProfileError(
-            f"cluster profile {str(name_or_path)!r} not found; use one of the bundled "
-            f"names {bundled_profiles()} or a path to a YAML file"
-        )
-    return bundled
-
-
-def _format_validation_error(source: str, error: ValidationError) -> str:
-    lines = [f"invalid cluster profile {source}:"]
-    for detail in error.errors():
-        field = ".".join(str(part) for part in detail["loc"]) or "(top level)"
-        message = detail["msg"].removeprefix("Value error, ")
-        if detail["type"] == "union_tag_invalid":
-            message += "; set kind to one of local, local-gpu, slurm, kubernetes, address"
-        elif detail["type"] == "extra_forbidden":
-            message += "; remove it or check its spelling against the profile's fields"
-        elif detail["type"] == "missing":
-            message += "; add it to the profile"
-        lines.append(f"  {field} = {detail.get('input')!r}: {message}")
-    return "\n".join(lines)
-
-
-def parse_profile(data: Any, *, source: str = "<mapping>", name: str = "") -> ClusterProfile:
-    """Validate a mapping (e.g. the ``cluster:`` section of a job file) into a profile.
-
-    Parameters
-    ----------
-    data
-        Mapping with a ``kind`` key and the fields of that kind.
-    source
-        Where the mapping came from, quoted in error messages.
-    name
-        Profile name to use when the mapping sets none.
-
-    Raises
-    ------
-    ProfileError
-        If a field is missing, unknown or invalid; the message names each one,
-        its value and the fix.
-    """
-    if not isinstance(data, dict):
-        raise ProfileError(
-            f"cluster profile {source} contains a {type(data).__name__}, expected a "
-            "mapping with a 'kind' key (local, local-gpu, slurm, kubernetes, address)"
-        )
-    if name and not data.get("name"):
-        data = {**data, "name": name}
-
-    try:
-        return _PROFILE_ADAPTER.validate_python(data)
-    except ValidationError as error:
-        raise ProfileError(_format_validation_error(source, error)) from None
-
-
-def load_profile(name_or_path: str | Path) -> ClusterProfile:
-    """Load a cluster profile by bundled name (``local``, ``slurm-gpu``...) or YAML path.
-
-    Raises
-    ------
-    ProfileError
-        If the profile is not found, is not valid YAML or fails validation.
-    """
-    path = _resolve_profile_path(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ProfileError(f"cluster profile {str(path)!r} is not valid YAML: {error}") from None
-    return parse_profile(data, source=repr(str(path)), name=path.stem)

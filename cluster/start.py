@@ -94,8 +94,8 @@ def start_cluster(profile: ClusterProfile) -> Iterator[Client]:
     through an ``address`` profile is left running.
 
     For profiles that need GPUs, start waits up to ``start_timeout_s`` for the
-    first worker and fails unless every worker sees a CUDA device; an adaptive
-    cluster keeps at least one worker until that check has passed.
+    first worker and raises unless torch finds a CUDA device on every worker.
+    An adaptive cluster keeps at least one worker until that check has passed.
 
     Raises
     ------
@@ -111,14 +111,14 @@ def start_cluster(profile: ClusterProfile) -> Iterator[Client]:
         else:
             cluster = stack.enter_context(_create_cluster(profile))
             _adapt(cluster, profile, at_least_one=profile.requires_gpu)
-            client = stack.enter_context(Client(cluster, set_as_default=False))
+            client = stack.enter_context(Client(cluster))
 
         if profile.requires_gpu:
             _check_gpus(client, profile)
             if not isinstance(profile, AddressProfile):
                 _adapt(cluster, profile, at_least_one=False)
 
-        logger.info("cluster %r ready: %s", profile.name, client.dashboard_link)
+        logger.info("cluster %r ready, %d workers", profile.name, len(client.scheduler_info(n_workers=-1)["workers"]))
         yield client
 
 
