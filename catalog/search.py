@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ class StacApiError(RuntimeError):
 
 
 def search_items(
-    source: str,
+    source: str | os.PathLike[str],
     *,
     collections: Sequence[str] | None = None,
     bbox: tuple[float, float, float, float] | None = None,
@@ -98,6 +99,7 @@ def search_items(
     ValueError
         On invalid parameters or an unknown preset.
     """
+    source = os.fspath(source)
     preset = PRESETS.get(source)
     if preset is not None:
         url = preset.url

@@ -54,7 +54,7 @@ def test_same_results_as_stac_api(stac_api, item_folder, parameters):
 def test_static_catalog_search(gaofen_catalog):
     out_dir, _ = gaofen_catalog
 
-    from_folder = search_items(str(out_dir), bbox=(60, 20, 95, 40))
+    from_folder = search_items(out_dir, bbox=(60, 20, 95, 40))
     from_file = search_items(str(out_dir / "catalog.json"), bbox=(60, 20, 95, 40))
 
     assert [item.id for item in from_folder] == [item.id for item in from_file]
