@@ -165,7 +165,8 @@ def _band_assets(item_dict: Mapping[str, Any], sensor: Sensor) -> dict[str, tupl
     found: dict[str, tuple[tuple[int, ...], tuple[SensorBand, str, dict, int]]] = {}
     for key, asset in (item_dict.get("assets") or {}).items():
         roles = set(asset.get("roles") or [])
-        if roles & _SKIPPED_ROLES:
+        # True-colour composites (TCI) are 8-bit renderings, not reflectance.
+        if roles & _SKIPPED_ROLES or key.lower().startswith(("visual", "tci")):
             continue
         eo_bands = asset.get("eo:bands") or asset.get("bands") or []
 

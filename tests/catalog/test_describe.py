@@ -229,3 +229,14 @@ def test_stac_1_1_bands_and_resolution_variants(planetary_computer_item):
     assert band.gsd_m == 10
     assert band.wavelength_um == 0.665
     assert (band.scale, band.offset, band.nodata) == (0.0001, -0.1, 0.0)
+
+
+def test_true_colour_composite_never_used(planetary_computer_item):
+    item = copy.deepcopy(planetary_computer_item)
+    for key in ("B02", "B03", "B04"):
+        del item["assets"][key]
+
+    scene = describe_item(item)
+
+    assert "B04" not in [b.name for b in scene.bands]
+    assert all(b.asset_key != "visual" for b in scene.bands)
