@@ -110,7 +110,8 @@ def open_mosaic(url: str, *, level: int = 0, chunks: Any = None) -> xr.Dataset:
     level
         0 for full resolution; ``k`` for the overview reduced by ``2**k``.
     chunks
-        Passed to :func:`xarray.open_zarr`; ``None`` keeps the stored chunks.
+        Passed to :func:`xarray.open_zarr`; ``None`` gives one dask chunk per
+        stored chunk.
 
     Returns
     -------
@@ -130,7 +131,11 @@ def open_mosaic(url: str, *, level: int = 0, chunks: Any = None) -> xr.Dataset:
     if not 0 <= level <= levels:
         raise ValueError(f"level is {level}; store {url!r} has levels 0 to {levels} (0 is full resolution)")
     group = None if level == 0 else str(level)
-    kwargs: dict[str, Any] = {} if chunks is None else {"chunks": chunks}
     return xr.open_zarr(
-        zarr_store(url, "r"), group=group, decode_coords="all", zarr_format=3, consolidated=False, **kwargs
+        zarr_store(url, "r"),
+        group=group,
+        chunks={} if chunks is None else chunks,
+        decode_coords="all",
+        zarr_format=3,
+        consolidated=False,
     )

@@ -15,8 +15,13 @@ holds the rules), and writes one Zarr v3 store::
 
 Nodata is the Zarr ``fill_value`` of each array (so unwritten chunks read as
 nodata) and the ``nodata`` attribute (rioxarray's ``.rio.nodata``). There is
-deliberately no ``_FillValue`` attribute: xarray would then turn the uint8
-classes into floats with NaN, whereas this way class 0 reads back as 0.
+deliberately no ``_FillValue`` attribute, because xarray would then turn the
+uint8 classes into floats with NaN. This way class 0 reads back as 0.
+
+NOTE: GDAL reads these stores from version 3.11 on, which added the Zarr v3
+``bytes`` and ``zstd`` codecs (GDAL pull request 11787), and not sharded
+ones; GDAL 3.10 in the rasterio 1.4 wheels rejects them ("Unsupported
+codec: bytes"). The COG exports of :mod:`pipeline.exports` serve GDAL tools.
 """
 
 from __future__ import annotations
@@ -298,6 +303,7 @@ def build_mosaic(
         _json_safe(
             {
                 "title": "FlexiMo land-cover mosaic",
+                "Conventions": "CF-1.10",
                 "software": "fleximo-pipeline",
                 "software_version": _software_version(),
                 "compositing": {"method": options.method, "cloud_threshold_pct": options.cloud_threshold_pct},

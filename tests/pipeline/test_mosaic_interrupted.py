@@ -12,7 +12,7 @@ from synthetic_predictions import LEGEND, PROVENANCE, ThreeScenes
 
 from pipeline.completion import IncompleteStoreError, completion_info, is_complete, open_mosaic
 from pipeline.exports import export_cogs
-from pipeline.mosaic import MosaicOptions, build_mosaic
+from pipeline.mosaic import MosaicOptions, build_mosaic, describe_mosaic
 
 OPTIONS = MosaicOptions(chunk_px=32, overview_min_px=16)
 
@@ -80,3 +80,16 @@ def test_rejected_inputs_leave_complete_mosaic_untouched(tmp_path: Path) -> None
         build_mosaic(scenes.urls, url, legend=LEGEND, provenance=PROVENANCE, options=OPTIONS)
     assert is_complete(url)
     np.testing.assert_array_equal(open_mosaic(url)["landcover"].values, before)
+
+
+def test_describe_mosaic_reports_incomplete_store(tmp_path: Path) -> None:
+    scenes = ThreeScenes(tmp_path / "predictions")
+    url = str(tmp_path / "mosaic.zarr")
+    _corrupt_chunk(Path(scenes.urls[1]) / "landcover_confidence", "c/0/0")
+    with pytest.raises(RuntimeError, match="Zstd decompression error"):
+        build_mosaic(scenes.urls, url, legend=LEGEND, provenance=PROVENANCE, options=OPTIONS)
+
+    summary = describe_mosaic(url)
+    assert summary["complete"] is False
+    assert summary["grid"]["shape"] == [96, 80]
+    assert "class_shares_pct" not in summary
