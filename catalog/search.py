@@ -167,7 +167,8 @@ def _search_api(
     url: str, parameters: SearchParameters, *, max_retries: int, backoff_s: float, timeout_s: float, page_size: int
 ) -> list[pystac.Item]:
     client = open_client(url, max_retries=max_retries, backoff_s=backoff_s, timeout_s=timeout_s)
-    search_url = f"{url.rstrip('/')}/search"
+    search_link = client.get_search_link()
+    search_url = search_link.href if search_link is not None else f"{url.rstrip('/')}/search"
     if not client.conforms_to(ConformanceClasses.ITEM_SEARCH):
         raise ValueError(f"{url} is not a STAC API with item search; pass an API root URL or a local catalog path")
 
@@ -177,6 +178,7 @@ def _search_api(
         "intersects": parameters.intersects,
         "datetime": parameters.datetime_text,
     }
+    server_filters_cloud = True
     if parameters.max_cloud_cover is not None:
         if client.conforms_to(ConformanceClasses.FILTER):
             # cql2-json: some servers (stac-fastapi-pgstac) reject cql2-text in POST bodies.
@@ -185,6 +187,7 @@ def _search_api(
         elif client.conforms_to(ConformanceClasses.QUERY):
             arguments["query"] = {"eo:cloud_cover": {"lte": parameters.max_cloud_cover}}
         else:
+            server_filters_cloud = False
             logger.info("%s supports neither filter nor query; cloud cover is filtered after download", url)
 
     server_sorts = parameters.sortby is not None and client.conforms_to(ConformanceClasses.SORT)
@@ -192,8 +195,9 @@ def _search_api(
         arguments["sortby"] = parameters.sortby_text
     elif parameters.sortby is not None:
         logger.info("%s does not support sorting; fetching every match to sort it here", url)
-    # Without server-side sorting, the first `limit` items are not the best `limit` ones.
-    stop_after = parameters.limit if (parameters.sortby is None or server_sorts) else None
+    # Without server-side sorting or filtering, the first `limit` items are not the `limit` requested ones.
+    server_orders = parameters.sortby is None or server_sorts
+    stop_after = parameters.limit if (server_orders and server_filters_cloud) else None
     page_size = min(page_size, stop_after) if stop_after else page_size
 
     search = client.search(limit=page_size, **{k: v for k, v in arguments.items() if v is not None})

@@ -230,3 +230,13 @@ def test_presets_cover_public_sentinel2_catalogs():
     assert {"sentinel-2-l2a", "sentinel-2-c1-l2a", "sentinel-2-l1c"} <= set(PRESETS["earth-search"].collections)
     assert PRESETS["planetary-computer"].signing == "planetary-computer"
     assert PRESETS["cdse"].url.startswith("https://stac.dataspace.copernicus.eu")
+
+
+def test_limit_applies_after_client_side_cloud_filter():
+    # No filter or query support: the first two items are cloudy, so the limit must not stop paging early.
+    pages = [[make_item("cloudy1", 90.0), make_item("cloudy2", 80.0)], [make_item("clear1", 5.0), make_item("clear2", 6.0)]]
+    script = Script(pages=pages, number_matched=4)
+    with scripted_stac_api(script) as url:
+        items = search_items(url, max_cloud_cover=10, limit=2, page_size=2, **FAST_RETRIES)
+
+    assert [item.id for item in items] == ["clear1", "clear2"]
