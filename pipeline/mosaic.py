@@ -227,6 +227,31 @@ def _write_level(dataset: xr.Dataset, url: str, group: str | None, options: Mosa
     _compute(delayed, client)
 
 
+def _write_overviews(
+    mosaic_url: str, geobox: GeoBox, options: MosaicOptions, client: Any
+) -> tuple[list[GeoBox], dict[str, str]]:
+    """Write overview levels 1, 2, ... each from the level before; return all grids and the resampling per layer."""
+    geoboxes = [geobox]
+    methods: dict[str, str] = {}
+    for level, _ in enumerate(overview_shapes((geobox.shape.y, geobox.shape.x), options.overview_min_px), start=1):
+        source = xr.open_zarr(
+            zarr_store(mosaic_url, "r"),
+            group=None if level == 1 else str(level - 1),
+            chunks={},
+            zarr_format=3,
+            consolidated=False,
+        )
+        reduced, level_geobox, methods = downsample_level(source, geoboxes[-1], options.chunk_px)
+        shard_px = options.shard_px((level_geobox.shape.y, level_geobox.shape.x))
+        if shard_px is not None:
+            reduced = reduced.chunk({"y": shard_px, "x": shard_px})
+        reduced = reduced.assign_coords(_grid_coords(level_geobox))
+        _write_level(reduced, mosaic_url, str(level), options, shard_px, client)
+        geoboxes.append(level_geobox)
+        logger.info("wrote overview level %d (%dx%d)", level, level_geobox.shape.y, level_geobox.shape.x)
+    return geoboxes, methods
+
+
 def build_mosaic(
     prediction_urls: Sequence[str],
     mosaic_url: str,
@@ -285,17 +310,7 @@ def build_mosaic(
     composite = composite.assign_coords(inputs.coords)
     _write_level(composite, mosaic_url, None, options, shard_px, client)
 
-    geoboxes = [geobox]
-    methods: dict[str, str] = {}
-    for level, _ in enumerate(overview_shapes((geobox.shape.y, geobox.shape.x), options.overview_min_px), start=1):
-        source = xr.open_zarr(
-            zarr_store(mosaic_url, "r"), group=None if level == 1 else str(level - 1), zarr_format=3, consolidated=False
-        )
-        reduced, level_geobox, methods = downsample_level(source, geoboxes[-1], options.chunk_px)
-        reduced = reduced.assign_coords(_grid_coords(level_geobox))
-        _write_level(reduced, mosaic_url, str(level), options, None, client)
-        geoboxes.append(level_geobox)
-        logger.info("wrote overview level %d (%dx%d)", level, level_geobox.shape.y, level_geobox.shape.x)
+    geoboxes, methods = _write_overviews(mosaic_url, geobox, options, client)
 
     start, end = inputs.datetime_range
     root = zarr.open_group(zarr_store(mosaic_url, "r+"), mode="r+", zarr_format=3)

@@ -158,7 +158,7 @@ def test_mosaic_without_cloud_layer_counts_all_clear(tmp_path) -> None:
     np.testing.assert_array_equal(result["landcover"].values[clear_of_b], expected[clear_of_b])
 
 
-def test_mosaic_sharded_store_round_trips(scenes: ThreeScenes, mosaic: xr.Dataset, tmp_path) -> None:
+def test_mosaic_sharded_store_round_trips(scenes: ThreeScenes, mosaic_url: str, mosaic: xr.Dataset, tmp_path) -> None:
     url = str(tmp_path / "sharded.zarr")
     options = MosaicOptions(chunk_px=16, shard_above_chunks=4, shard_factor=2, overview_min_px=16)
     build_mosaic(scenes.urls, url, legend=LEGEND, provenance=PROVENANCE, options=options)
@@ -167,6 +167,12 @@ def test_mosaic_sharded_store_round_trips(scenes: ThreeScenes, mosaic: xr.Datase
     assert array.shards == (32, 32)
     assert array.chunks == (16, 16)
     np.testing.assert_array_equal(open_mosaic(url)["landcover"].values, mosaic["landcover"].values)
+    # level 1 is 48 x 40 px, 3 x 3 chunks of 16 px: more than 4, so sharded too
+    assert zarr.open_array(f"{url}/1/landcover", mode="r").shards == (32, 32)
+    assert zarr.open_array(f"{url}/2/landcover", mode="r").shards is None
+    for level in (1, 2):
+        np.testing.assert_array_equal(open_mosaic(url, level=level)["landcover"].values,
+                                      open_mosaic(mosaic_url, level=level)["landcover"].values)
 
 
 def test_describe_mosaic_summarises_store(scenes: ThreeScenes, tmp_path) -> None:
