@@ -21,7 +21,7 @@ from urllib.parse import urljoin, urlparse
 import pystac
 import shapely.geometry
 
-from catalog.radiometry import find_processing_baseline, sentinel2_offset
+from catalog.radiometry import find_processing_baseline, offset_removed_by_catalog, sentinel2_scale_offset
 from catalog.scene import BandInfo, SceneDescription
 from catalog.sensors import SENTINEL2_MSI, Sensor, SensorBand, find_sensor, normalize_platform
 
@@ -76,9 +76,16 @@ def describe_item(item: pystac.Item | Mapping[str, Any], *, bands: Sequence[str]
     if sensor is SENTINEL2_MSI:
         hrefs = [asset.get("href", "") for asset in (item_dict.get("assets") or {}).values()]
         baseline = find_processing_baseline(properties, [item_id, *hrefs])
+        if properties.get("earthsearch:boa_offset_applied") is False and baseline and baseline >= "04.00":
+            # NOTE: such Earth Search items exist with either raw or harmonized COG values,
+            # and nothing in the metadata tells them apart; the flag is followed.
+            logger.warning(
+                "item %s: baseline %s but earthsearch:boa_offset_applied is false; its COG values may "
+                "already be harmonized, so check its reflectance against another source", item_id, baseline,
+            )
 
     band_infos = tuple(
-        _band_info(item_id, sensor, table_band, asset_key, asset, index, self_href, baseline)
+        _band_info(item_id, sensor, table_band, asset_key, asset, index, self_href, baseline, properties)
         for table_band, asset_key, asset, index in selected
     )
     band_infos = tuple(b for b in band_infos if b.role == "reflectance") + tuple(
@@ -219,6 +226,7 @@ def _band_info(
     index: int,
     self_href: str | None,
     baseline: str | None,
+    properties: Mapping[str, Any],
 ) -> BandInfo:
     eo_bands = asset.get("eo:bands") or asset.get("bands") or []
     eo_band = eo_bands[index - 1] if len(eo_bands) >= index else {}
@@ -235,7 +243,9 @@ def _band_info(
             )
 
     if table_band.role == "reflectance":
-        scale, offset = _scale_offset(item_id, sensor, table_band, raster_band, baseline)
+        scale, offset = _scale_offset(
+            item_id, sensor, table_band, raster_band, baseline, properties, asset_key, asset
+        )
     else:
         scale, offset = 1.0, 0.0
 
@@ -278,31 +288,23 @@ def _raster_fields(asset: Mapping[str, Any], index: int) -> dict[str, Any]:
 
 
 def _scale_offset(
-    item_id: str, sensor: Sensor, band: SensorBand, raster_band: Mapping[str, Any], baseline: str | None
+    item_id: str,
+    sensor: Sensor,
+    band: SensorBand,
+    raster_band: Mapping[str, Any],
+    baseline: str | None,
+    properties: Mapping[str, Any],
+    asset_key: str,
+    asset: Mapping[str, Any],
 ) -> tuple[float, float]:
     declared_scale = raster_band.get("scale")
     declared_offset = raster_band.get("offset")
 
     if sensor is SENTINEL2_MSI:
-        expected_offset = sentinel2_offset(baseline) if baseline else None
-        if declared_scale is None and declared_offset is None:
-            if expected_offset is None:
-                raise ValueError(
-                    f"cannot decide the radiometric offset of Sentinel-2 item {item_id!r}: it has no "
-                    "s2:processing_baseline, no 'N0400'-style baseline in its ids and no raster:bands "
-                    "scale/offset; add s2:processing_baseline or raster:bands scale/offset to the item"
-                )
-            return sensor.scale, expected_offset
-        scale = sensor.scale if declared_scale is None else float(declared_scale)
-        offset = float(declared_offset) if declared_offset is not None else (expected_offset or 0.0)
-        # The catalog describes its own files (which may have been harmonized), so its
-        # declaration is used as is, never added to the baseline offset.
-        if expected_offset is not None and not math.isclose(offset, expected_offset, abs_tol=1e-9):
-            logger.warning(
-                "item %s band %s declares offset %s but processing baseline %s implies %s; using the declared value",
-                item_id, band.name, offset, baseline, expected_offset,
-            )
-        return scale, offset
+        return sentinel2_scale_offset(
+            item_id, band.name, declared_scale, declared_offset, baseline,
+            offset_removed_by_catalog(properties, asset_key, asset),
+        )
 
     if declared_scale is None and declared_offset is None:
         if sensor.radiometry == "dn":

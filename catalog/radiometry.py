@@ -12,11 +12,15 @@ product, so it is decided from its baseline, never from the sensing date: a
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 S2_QUANTIFICATION = 10000.0
 S2_ADD_OFFSET_DN = -1000.0
@@ -80,6 +84,66 @@ def sentinel2_offset(baseline: str) -> float:
     if parse_baseline(baseline) >= S2_OFFSET_BASELINE:
         return S2_ADD_OFFSET_DN / S2_QUANTIFICATION
     return 0.0
+
+
+def offset_removed_by_catalog(properties: Mapping[str, Any], asset_key: str, asset: Mapping[str, Any]) -> bool | None:
+    """Return whether a catalog declares that it removed the baseline offset from an asset's values.
+
+    Earth Search's ``sentinel-2-l2a`` COGs carry ``earthsearch:boa_offset_applied``:
+    ``true`` means the COG values were harmonized (the +1000 DN taken out),
+    although ``raster:bands`` still declares ``offset: -0.1``. Users comparing
+    these COGs with the Copernicus and Planetary Computer originals found the
+    values 1000 DN lower (Element84/earth-search issue tracker, "Sentinel-2
+    L2a offset anomalies"). The JPEG 2000 assets of the same items are ESA's
+    originals and keep the offset. ``None`` when the catalog does not say.
+    """
+    applied = properties.get("earthsearch:boa_offset_applied")
+    if applied is None:
+        return None
+    is_original = asset_key.lower().endswith("-jp2") or "jp2" in str(asset.get("type", ""))
+    return bool(applied) and not is_original
+
+
+def sentinel2_scale_offset(
+    item_id: str,
+    band_name: str,
+    declared_scale: float | None,
+    declared_offset: float | None,
+    baseline: str | None,
+    offset_removed: bool | None,
+) -> tuple[float, float]:
+    """Decide ``(scale, offset)`` of a Sentinel-2 reflectance band, applying the offset once.
+
+    Values the catalog harmonized get offset 0. Otherwise a declared
+    ``raster:bands`` offset is used as is and never added to the baseline's.
+    Without a declaration, the baseline decides.
+
+    Raises
+    ------
+    ValueError
+        When nothing is declared and the baseline is unknown.
+    """
+    scale = 1.0 / S2_QUANTIFICATION if declared_scale is None else float(declared_scale)
+    if offset_removed:
+        return scale, 0.0
+
+    expected_offset = sentinel2_offset(baseline) if baseline else None
+    if declared_scale is None and declared_offset is None:
+        if expected_offset is None:
+            raise ValueError(
+                f"cannot decide the radiometric offset of Sentinel-2 item {item_id!r}: it has no "
+                "s2:processing_baseline, no 'N0400'-style baseline in its ids and no raster:bands "
+                "scale/offset; add s2:processing_baseline or raster:bands scale/offset to the item"
+            )
+        return scale, expected_offset
+
+    offset = float(declared_offset) if declared_offset is not None else (expected_offset or 0.0)
+    if expected_offset is not None and not math.isclose(offset, expected_offset, abs_tol=1e-9):
+        logger.warning(
+            "item %s band %s declares offset %s but processing baseline %s implies %s; using the declared value",
+            item_id, band_name, offset, baseline, expected_offset,
+        )
+    return scale, offset
 
 
 @dataclasses.dataclass(frozen=True)

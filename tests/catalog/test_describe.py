@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from datetime import datetime, timezone
 
 import pystac
@@ -39,7 +40,8 @@ def test_earth_search_l2a_bands(earth_search_page):
         eo_band = item["assets"][band.asset_key]["eo:bands"][0]
         assert band.wavelength_um == eo_band["center_wavelength"]
         assert band.gsd_m == S2_GSD_M[band.name]
-        assert (band.scale, band.offset, band.nodata) == (0.0001, -0.1, 0.0)
+        # Harmonized COGs (earthsearch:boa_offset_applied), whatever raster:bands declares.
+        assert (band.scale, band.offset, band.nodata) == (0.0001, 0.0, 0.0)
         assert band.href.startswith("https://")
         assert band.href.endswith(f"{band.name}.tif")
     assert scene.bands[-1].name == "SCL"
@@ -105,8 +107,12 @@ def test_same_reflectance_across_catalogs_and_baselines(earth_search_page, plane
     del reprocessed["properties"]["s2:processing_baseline"]
     reprocessed["properties"]["s2:product_uri"] = "S2B_MSIL2A_20190629T212529_N0500_R043_T06VVN_20230101T000000.SAFE"
 
+    originals_only = copy.deepcopy(earth_search_page["features"][0])  # ESA's JPEG 2000 files only
+    originals_only["assets"] = {k: v for k, v in originals_only["assets"].items() if k.endswith("-jp2")}
+
     cases = [
-        (describe_item(earth_search_page["features"][0]), new_dn),  # Earth Search, declares -0.1
+        (describe_item(earth_search_page["features"][0]), old_dn),  # Earth Search COGs, harmonized
+        (describe_item(originals_only), new_dn),  # same item, ESA originals
         (describe_item(earth_search_page["features"][1]), new_dn),  # Earth Search L1C, declares -0.1
         (describe_item(earth_search_page["features"][2]), new_dn),  # Earth Search collection 1
         (describe_item(read_json(L2A_ITEM)), old_dn),  # Earth Search, baseline 02.14, declares 0
@@ -124,14 +130,39 @@ def test_same_reflectance_across_catalogs_and_baselines(earth_search_page, plane
 
 
 def test_declared_offset_not_applied_twice(earth_search_page):
-    item = earth_search_page["features"][0]
+    item = earth_search_page["features"][2]  # collection 1: ESA values, offset declared
+    assert item["collection"] == "sentinel-2-c1-l2a"
     assert item["assets"]["red"]["raster:bands"][0]["offset"] == -0.1
 
     assert describe_item(item).band("B04").offset == -0.1
 
 
-def test_baseline_from_product_id_when_property_missing(earth_search_page):
+def test_harmonized_earth_search_cogs(earth_search_page):
+    item = earth_search_page["features"][0]
+    assert item["properties"]["earthsearch:boa_offset_applied"] is True
+
+    cog = describe_item(item).band("B04")
+    jp2_only = copy.deepcopy(item)
+    del jp2_only["assets"]["red"]
+    original = describe_item(jp2_only).band("B04")
+
+    assert (cog.asset_key, cog.offset) == ("red", 0.0)
+    assert (original.asset_key, original.offset) == ("red-jp2", -0.1)
+
+
+def test_unharmonized_flag_after_baseline_4_warns(earth_search_page, caplog):
     item = copy.deepcopy(earth_search_page["features"][0])
+    item["properties"]["earthsearch:boa_offset_applied"] = False
+
+    with caplog.at_level(logging.WARNING, logger="catalog.describe"):
+        scene = describe_item(item)
+
+    assert scene.band("B04").offset == -0.1
+    assert "may already be harmonized" in caplog.text
+
+
+def test_baseline_from_product_id_when_property_missing(earth_search_page):
+    item = copy.deepcopy(earth_search_page["features"][2])
     del item["properties"]["s2:processing_baseline"]
     for asset in item["assets"].values():
         for raster_band in asset.get("raster:bands", []):

@@ -6,7 +6,12 @@ import pytest
 from catalog_test_data import SAFE_DIR, require
 
 from catalog import read_sentinel2_product_metadata, sentinel2_offset
-from catalog.radiometry import find_processing_baseline, parse_baseline
+from catalog.radiometry import (
+    find_processing_baseline,
+    offset_removed_by_catalog,
+    parse_baseline,
+    sentinel2_scale_offset,
+)
 from catalog.sensors import SENTINEL2_MSI
 
 L2A_MTD = SAFE_DIR / "S2A_MSIL2A_20230821T221941_N0509_R029_T01KAB_20230822T021825.SAFE" / "MTD_MSIL2A.xml"
@@ -97,3 +102,37 @@ def test_product_metadata_rejects_other_xml(tmp_path):
 
     with pytest.raises(ValueError, match="missing PROCESSING_BASELINE"):
         read_sentinel2_product_metadata(path)
+
+
+@pytest.mark.parametrize(
+    ("properties", "asset_key", "media_type", "expected"),
+    [
+        ({"earthsearch:boa_offset_applied": True}, "red", "image/tiff; application=geotiff", True),
+        ({"earthsearch:boa_offset_applied": True}, "red-jp2", "image/jp2", False),
+        ({"earthsearch:boa_offset_applied": False}, "red", "image/tiff; application=geotiff", False),
+        ({}, "B04", "image/tiff; application=geotiff", None),
+    ],
+)
+def test_offset_removed_by_catalog(properties, asset_key, media_type, expected):
+    assert offset_removed_by_catalog(properties, asset_key, {"type": media_type}) == expected
+
+
+@pytest.mark.parametrize(
+    ("declared_scale", "declared_offset", "baseline", "removed", "expected"),
+    [
+        (None, None, "05.11", None, (0.0001, -0.1)),  # Planetary Computer: nothing declared
+        (None, None, "02.12", None, (0.0001, 0.0)),
+        (0.0001, -0.1, "05.11", None, (0.0001, -0.1)),  # declared once, not added again
+        (0.0001, 0.0, "02.14", False, (0.0001, 0.0)),
+        (0.0001, -0.1, "05.11", True, (0.0001, 0.0)),  # harmonized values
+        (0.0001, None, "04.00", None, (0.0001, -0.1)),
+        (0.0001, -0.1, None, None, (0.0001, -0.1)),
+    ],
+)
+def test_sentinel2_scale_offset(declared_scale, declared_offset, baseline, removed, expected):
+    assert sentinel2_scale_offset("item", "B04", declared_scale, declared_offset, baseline, removed) == expected
+
+
+def test_sentinel2_scale_offset_undecidable():
+    with pytest.raises(ValueError, match="cannot decide the radiometric offset of Sentinel-2 item 'x'"):
+        sentinel2_scale_offset("x", "B04", None, None, None, None)
