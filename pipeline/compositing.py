@@ -14,10 +14,10 @@ time, then observation id):
 Land cover comes only from clear observations:
 
 - ``"clear-weighted"`` averages the class probabilities of the clear
-  observations with weights ``1 - cloud_i / 100`` (1 where unknown) and takes
-  the argmax; ties go to the lowest class index;
+  observations with weights ``1 - cloud_i / 100`` (1 where unknown) and
+  takes the argmax. Ties go to the lowest class index.
 - ``"least-cloudy"`` takes the clear observation with the lowest cloud
-  probability; ties go to the earliest observation.
+  probability. Ties go to the earliest observation.
 
 Where no observation is clear, land cover and confidence are nodata and the
 composite cloud probability is the lowest one seen, which says why.

@@ -1,9 +1,10 @@
 """Class legends of land-cover layers: ids, names and colours.
 
-The mosaic stores its legend as CF flag attributes on the ``landcover``
-variable (``flag_values``, ``flag_meanings``) plus ``flag_colors`` (hex RGB)
-and ``class_names`` (names as given, spaces kept), so that exports, the STAC
-Item and viewers read it back from the store alone.
+The mosaic stores its legend as attributes of the ``landcover`` variable:
+the CF flag attributes ``flag_values`` and ``flag_meanings``, plus
+``flag_colors`` (hex RGB) and ``class_names`` (names as given, with
+spaces). Exports, the STAC Item and viewers read the legend back from the
+store alone.
 """
 
 from __future__ import annotations

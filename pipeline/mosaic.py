@@ -31,7 +31,7 @@ import importlib.metadata
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 import dask.array as da
@@ -49,6 +49,9 @@ from pipeline.legend import LegendEntry, legend_attrs, legend_from_attrs, normal
 from pipeline.mosaic_inputs import PredictionInputs, geobox_of, open_predictions
 from pipeline.overviews import downsample_level, multiscales_attrs, overview_shapes
 from pipeline.stores import is_remote, open_dataset, storage_options_from_env, zarr_store
+
+if TYPE_CHECKING:
+    import distributed
 
 __all__ = ["MosaicOptions", "build_mosaic", "describe_mosaic", "open_mosaic"]
 
@@ -145,7 +148,9 @@ def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _composite_dataset(inputs: PredictionInputs, legend: Sequence[LegendEntry], options: MosaicOptions, write_px: int) -> xr.Dataset:
+def _composite_dataset(
+    inputs: PredictionInputs, legend: Sequence[LegendEntry], options: MosaicOptions, write_px: int
+) -> xr.Dataset:
     """Build the lazy composite layers on the job grid."""
     probabilities = da.stack([data.rechunk((-1, write_px, write_px)) for data in inputs.probabilities])
     landcover = da.stack([data.rechunk((write_px, write_px)) for data in inputs.landcover])
@@ -203,14 +208,21 @@ def _encoding(dataset: xr.Dataset, options: MosaicOptions, shard_px: int | None)
     return encoding
 
 
-def _compute(delayed: Any, client: Any) -> None:
+def _compute(delayed: Any, client: distributed.Client | None) -> None:
     if client is None:
         dask.compute(delayed)
     else:
         client.compute(delayed).result()
 
 
-def _write_level(dataset: xr.Dataset, url: str, group: str | None, options: MosaicOptions, shard_px: int | None, client: Any) -> None:
+def _write_level(
+    dataset: xr.Dataset,
+    url: str,
+    group: str | None,
+    options: MosaicOptions,
+    shard_px: int | None,
+    client: distributed.Client | None,
+) -> None:
     for variable in dataset.variables.values():
         variable.encoding = {}
     remote_options = {"storage_options": storage_options_from_env(url)} if is_remote(url) else {}
@@ -228,7 +240,7 @@ def _write_level(dataset: xr.Dataset, url: str, group: str | None, options: Mosa
 
 
 def _write_overviews(
-    mosaic_url: str, geobox: GeoBox, options: MosaicOptions, client: Any
+    mosaic_url: str, geobox: GeoBox, options: MosaicOptions, client: distributed.Client | None
 ) -> tuple[list[GeoBox], dict[str, str]]:
     """Write overview levels 1, 2, ... each from the level before; return all grids and the resampling per layer."""
     geoboxes = [geobox]
@@ -259,7 +271,7 @@ def build_mosaic(
     legend: Sequence[Any],
     provenance: Mapping[str, Any],
     options: MosaicOptions = MosaicOptions(),
-    client: Any | None = None,
+    client: distributed.Client | None = None,
 ) -> str:
     """Composite per-observation predictions into a regional mosaic store.
 

@@ -2,11 +2,12 @@
 
 Level 0 is the mosaic's root group itself, so that a plain
 ``xr.open_zarr(store)`` gives full resolution. Level ``k`` (``k >= 1``) is
-the child group ``"k"``, reduced by ``2**k`` in x and y from level ``k - 1``:
-the class layer by mode (ties go to the lowest class id, nodata only where
-every source pixel is nodata), probabilities and counts by the mean of the
-pixels that are not nodata. Every level carries its own ``spatial_ref`` and
-x/y coordinates, so xarray, rioxarray and GDAL read each level's grid.
+the child group ``"k"``, reduced by 2 in x and y from level ``k - 1``. The
+class layer is reduced by mode: ties go to the lowest class id, and nodata
+wins only where every source pixel is nodata. Probabilities and counts are
+reduced by the mean of the pixels that are not nodata. Every level has its
+own ``spatial_ref`` and x/y coordinates, so xarray and rioxarray read each
+level's grid.
 
 The root group's ``multiscales`` attribute follows the zarr-conventions
 multiscales convention v0.1 (layout entries with ``asset``,

@@ -95,12 +95,12 @@ def write_prediction(
 class ThreeScenes:
     """Three overlapping observations of a 96 x 80 grid with known clouds.
 
-    - ``a`` (2024-05-01) sees everything: classes ``truth``; cloud 90 % in
-      rows 0-31, 5 % elsewhere.
-    - ``b`` (2024-05-11) sees everything: ``truth`` except columns 60+, where
-      it says ``(truth + 1) % 4``; cloud 80 % in rows 0-31 and in columns
-      60+, 20 % elsewhere.
-    - ``c`` (2024-05-21) sees only rows 48+: ``truth``; cloud 10 %.
+    - ``a`` (2024-05-01) covers the grid with classes ``truth``. Its cloud
+      probability is 90 % in rows 0-31 and 5 % elsewhere.
+    - ``b`` (2024-05-11) covers the grid with ``truth``, except in columns
+      60+, where it predicts ``(truth + 1) % 4``. Its cloud probability is
+      80 % in rows 0-31 and in columns 60+, and 20 % elsewhere.
+    - ``c`` (2024-05-21) covers rows 48+ only, with ``truth`` and 10 % cloud.
 
     So rows 0-31 are cloudy in every observation that saw them, columns 60+
     of rows 32-47 are clear only in ``a``, and the rest is clear in two or

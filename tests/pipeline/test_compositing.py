@@ -32,7 +32,7 @@ def _composite(pixels: list[tuple[tuple[float, ...] | None, int]], method: str, 
 @pytest.mark.parametrize(
     ("pixels", "method", "expected"),
     [
-        # one clear observation wins over a cloudy one that says another class
+        # one clear observation wins over a cloudy one that predicts another class
         ([((0.8, 0.1, 0.1), 10), ((0.1, 0.8, 0.1), 90)], "clear-weighted",
          {"landcover": 0, "landcover_confidence": 80, "cloud_probability": 10, "clear_observations": 1, "valid_observations": 2}),
         # weights 0.9 and 0.6: class 1 gets (0.9 * 0.3 + 0.6 * 0.7) / 1.5 = 0.46,

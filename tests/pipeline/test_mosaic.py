@@ -52,7 +52,7 @@ def test_mosaic_takes_landcover_from_clear_observations(scenes: ThreeScenes, mos
     landcover = mosaic["landcover"].values
     clear_somewhere = ~regions["all_cloudy"]
 
-    # Observation b says another class in columns 60+, but it is cloudy there.
+    # Observation b predicts another class in columns 60+, but it is cloudy there.
     np.testing.assert_array_equal(landcover[clear_somewhere], scenes.truth[clear_somewhere])
     np.testing.assert_array_equal(landcover[regions["only_a"]], scenes.truth[regions["only_a"]])
 
@@ -61,7 +61,7 @@ def test_mosaic_reports_cloud_where_all_cloudy(scenes: ThreeScenes, mosaic: xr.D
     cloudy = _regions(scenes)["all_cloudy"]
     assert (mosaic["landcover"].values[cloudy] == 255).all()
     assert (mosaic["landcover_confidence"].values[cloudy] == 255).all()
-    # The lowest cloud probability seen there (observation b, 80 %) says why.
+    # The lowest cloud probability seen there (observation b, 80 %) explains the gap.
     assert (mosaic["cloud_probability"].values[cloudy] == 80).all()
     assert (mosaic["clear_observations"].values[cloudy] == 0).all()
     assert (mosaic["valid_observations"].values[cloudy] == 2).all()
@@ -112,9 +112,8 @@ def test_mosaic_grid_round_trips(scenes: ThreeScenes, mosaic_url: str) -> None:
     assert opened["landcover"].dtype == np.uint8
 
 
-def test_mosaic_class_zero_reads_as_zero(scenes: ThreeScenes, tmp_path) -> None:
-    url = str(tmp_path / "plain.zarr")
-    build_mosaic(scenes.urls, url, legend=LEGEND, provenance=PROVENANCE, options=OPTIONS)
+def test_mosaic_class_zero_reads_as_zero(scenes: ThreeScenes, mosaic_url: str) -> None:
+    url = mosaic_url
     plain = xr.open_zarr(url, decode_coords="all", consolidated=False)
     landcover = plain["landcover"].values
 
@@ -128,10 +127,8 @@ def test_mosaic_class_zero_reads_as_zero(scenes: ThreeScenes, tmp_path) -> None:
     assert zarr.open_array(f"{url}/landcover", mode="r").fill_value == 255
 
 
-def test_mosaic_stores_provenance(scenes: ThreeScenes, tmp_path) -> None:
-    url = str(tmp_path / "provenance.zarr")
-    build_mosaic(scenes.urls, url, legend=LEGEND, provenance=PROVENANCE, options=OPTIONS)
-    attrs = open_mosaic(url).attrs
+def test_mosaic_stores_provenance(mosaic_url: str) -> None:
+    attrs = open_mosaic(mosaic_url).attrs
 
     assert attrs["provenance"] == PROVENANCE
     assert attrs["software_version"]
@@ -175,10 +172,8 @@ def test_mosaic_sharded_store_round_trips(scenes: ThreeScenes, mosaic_url: str, 
                                       open_mosaic(mosaic_url, level=level)["landcover"].values)
 
 
-def test_describe_mosaic_summarises_store(scenes: ThreeScenes, tmp_path) -> None:
-    url = str(tmp_path / "described.zarr")
-    build_mosaic(scenes.urls, url, legend=LEGEND, provenance=PROVENANCE, options=OPTIONS)
-    summary = describe_mosaic(url)
+def test_describe_mosaic_summarises_store(scenes: ThreeScenes, mosaic_url: str) -> None:
+    summary = describe_mosaic(mosaic_url)
 
     assert summary["complete"] is True
     assert summary["grid"]["epsg"] == 32618
@@ -225,11 +220,9 @@ def test_mosaic_options_reject_bad_values(kwargs: dict, message: str) -> None:
         MosaicOptions(**kwargs)
 
 
-def test_open_mosaic_rejects_missing_level(scenes: ThreeScenes, tmp_path) -> None:
-    url = str(tmp_path / "levels.zarr")
-    build_mosaic(scenes.urls, url, legend=LEGEND, provenance={}, options=OPTIONS)
+def test_open_mosaic_rejects_missing_level(mosaic_url: str) -> None:
     with pytest.raises(ValueError, match="has levels 0 to 3"):
-        open_mosaic(url, level=4)
+        open_mosaic(mosaic_url, level=4)
 
 
 def test_open_mosaic_rejects_missing_store(tmp_path) -> None:
