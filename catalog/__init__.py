@@ -7,7 +7,7 @@ so that later stages never guess.
 
 from catalog.builder import build_local_catalog
 from catalog.describe import describe_item
-from catalog.gaofen import build_gaofen_items
+from catalog.gaofen import RadianceCalibration, build_gaofen_items, read_calibration
 from catalog.pgstac_load import load_into_pgstac
 from catalog.presets import PRESETS, CatalogPreset
 from catalog.radiometry import read_sentinel2_product_metadata, sentinel2_offset
@@ -19,6 +19,7 @@ from catalog.table import format_scene_table
 
 __all__ = [
     "PRESETS",
+    "RadianceCalibration",
     "SENSORS",
     "BandInfo",
     "CatalogPreset",
@@ -32,6 +33,7 @@ __all__ = [
     "find_sensor",
     "format_scene_table",
     "load_into_pgstac",
+    "read_calibration",
     "read_sentinel2_product_metadata",
     "search_items",
     "sentinel2_offset",

@@ -10,6 +10,7 @@ as an asset for orthorectification.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -44,6 +45,45 @@ class RadianceCalibration:
     gain: float
     bias: float
     esun: float
+
+
+def read_calibration(path: str | Path) -> dict[str, list[RadianceCalibration]]:
+    """Read absolute calibration coefficients from a JSON file.
+
+    The file maps image kinds to one entry per band, in band order::
+
+        {"MSS": [{"gain": 0.1585, "bias": 0.0, "esun": 1966.8}, ...],
+         "PAN": [{"gain": 0.163, "bias": 0.0, "esun": 1361.4}]}
+
+    Raises
+    ------
+    ValueError
+        When the file is not valid JSON or an entry lacks ``gain``, ``bias``
+        or ``esun``; the message names the file and the entry.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: invalid JSON ({error}); expected calibration coefficients") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected an object mapping 'MSS'/'PAN' to lists of coefficients")
+
+    calibration: dict[str, list[RadianceCalibration]] = {}
+    for kind, entries in data.items():
+        if kind not in ("MSS", "PAN") or not isinstance(entries, list):
+            raise ValueError(f"{path}: invalid key {kind!r} or value; expected 'MSS' or 'PAN' with a list of bands")
+        calibration[kind] = []
+        for number, entry in enumerate(entries, start=1):
+            try:
+                calibration[kind].append(
+                    RadianceCalibration(gain=float(entry["gain"]), bias=float(entry["bias"]), esun=float(entry["esun"]))
+                )
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(
+                    f"{path}: {kind} band {number} entry {entry!r} is invalid; expected numbers gain, bias and esun"
+                ) from None
+    return calibration
 
 
 def build_gaofen_items(

@@ -16,7 +16,7 @@ import shapely.geometry
 from catalog_test_data import GAOFEN_DIR, gaofen_delivery_dirs, require
 
 from catalog import build_gaofen_items, describe_item, format_scene_table, search_items
-from catalog.gaofen import RadianceCalibration, earth_sun_distance_au
+from catalog.gaofen import RadianceCalibration, earth_sun_distance_au, read_calibration
 from catalog.gaofen_metadata import read_gaofen_xml
 
 REFERENCE_DIR = GAOFEN_DIR / "stars_expected_stac_items"
@@ -215,3 +215,26 @@ def test_fractional_seconds_parse(tmp_path):
     path.write_text(source.read_text().replace("01:03:20</CenterTime>", "01:03:20.5</CenterTime>"))
 
     assert read_gaofen_xml(path).center_utc == datetime(2020, 5, 10, 17, 3, 20, 500000, tzinfo=timezone.utc)
+
+
+def test_calibration_file(tmp_path):
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({"MSS": [{"gain": 0.1585, "bias": -0.87, "esun": 1966.8}] * 4,
+                                "PAN": [{"gain": 0.163, "bias": 0.0, "esun": 1361.4}]}))
+
+    calibration = read_calibration(path)
+
+    assert calibration["MSS"][0] == RadianceCalibration(gain=0.1585, bias=-0.87, esun=1966.8)
+    assert len(calibration["MSS"]) == 4
+    assert len(calibration["PAN"]) == 1
+
+
+def test_calibration_file_errors(tmp_path):
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({"MSS": [{"gain": 0.1585, "esun": 1966.8}]}))
+
+    with pytest.raises(ValueError, match="MSS band 1 entry .* is invalid; expected numbers gain, bias and esun"):
+        read_calibration(path)
+    path.write_text(json.dumps({"NIR": []}))
+    with pytest.raises(ValueError, match="invalid key 'NIR'"):
+        read_calibration(path)
