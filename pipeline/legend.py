@@ -67,7 +67,10 @@ def _fields_of(entry: Any) -> tuple[Any, Any, Any]:
 
 
 def normalize_legend(legend: Iterable[Any]) -> tuple[LegendEntry, ...]:
-    """Check a legend and return it as :class:`LegendEntry` records sorted by id.
+    """Check a legend and return it as :class:`LegendEntry` records in the given order.
+
+    The order matters: entry ``i`` names probability plane ``i`` of a
+    prediction store that has no ``class`` coordinate.
 
     Parameters
     ----------
@@ -98,7 +101,7 @@ def normalize_legend(legend: Iterable[Any]) -> tuple[LegendEntry, ...]:
     repeated = sorted({class_id for class_id in ids if ids.count(class_id) > 1})
     if repeated:
         raise ValueError(f"the legend repeats class ids {repeated}; give each class a unique id")
-    return tuple(sorted(entries, key=lambda entry: entry.id))
+    return tuple(entries)
 
 
 def legend_attrs(entries: Sequence[LegendEntry]) -> dict[str, Any]:

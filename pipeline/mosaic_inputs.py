@@ -11,6 +11,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import xarray as xr
+import zarr.errors
 from odc.geo.geobox import GeoBox
 
 from pipeline import layout
@@ -89,6 +90,48 @@ def _parse_datetime(value: Any, url: str) -> str:
     return parsed.isoformat().replace("+00:00", "Z")
 
 
+def input_cube_url(prediction_url: str) -> str | None:
+    """Return the input cube beside ``<root>/predictions/<id>.zarr``, or ``None`` for another layout."""
+    parent, _, name = prediction_url.rstrip("/").rpartition("/")
+    root, _, folder = parent.rpartition("/")
+    if folder != layout.PREDICTIONS_DIR or not root:
+        return None
+    return f"{root}/{layout.INPUTS_DIR}/{name}"
+
+
+def _observation_attrs(dataset: xr.Dataset, url: str) -> dict[str, Any]:
+    """Collect the observation id, time, item ids and model cards of a prediction store.
+
+    A prediction store that lacks the observation attributes borrows them
+    from its input cube (``<root>/inputs/<id>.zarr``), which the ingest
+    stage writes with ``observation_id``, ``datetime`` and ``item_ids``.
+    """
+    attrs = dict(dataset.attrs)
+    cube_url = input_cube_url(url)
+    if "datetime" not in attrs and cube_url is not None:
+        try:
+            cube_attrs = open_dataset(cube_url).attrs
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            cube_attrs = {}
+        for key in ("observation_id", "datetime", "item_ids", "platform", "instrument"):
+            if key in cube_attrs:
+                attrs.setdefault(key, cube_attrs[key])
+        logger.info("prediction store %s has no observation attributes; read them from %s", url, cube_url)
+    if "datetime" not in attrs:
+        raise ValueError(
+            f"prediction store {url!r} has no datetime attribute, and neither has an input cube at "
+            f"{cube_url!r}; rerun the ingest and inference stages to rewrite them"
+        )
+
+    cards = {}
+    for name, variable in dataset.data_vars.items():
+        if "card" in variable.attrs:
+            cards[name] = {"card": variable.attrs["card"], "fingerprint": variable.attrs.get("fingerprint")}
+    if cards:
+        attrs.setdefault("cards", cards)
+    return attrs
+
+
 def _open_one(url: str) -> xr.Dataset:
     dataset = open_dataset(url, mask_and_scale=False)
     missing = [name for name in _REQUIRED_VARS if name not in dataset]
@@ -99,8 +142,6 @@ def _open_one(url: str) -> xr.Dataset:
     for name in (*_REQUIRED_VARS, layout.CLOUD_PROBABILITY_VAR):
         if name in dataset and dataset[name].dtype != np.uint8:
             raise ValueError(f"prediction store {url!r}: {name} is {dataset[name].dtype}; expected uint8")
-    if "datetime" not in dataset.attrs:
-        raise ValueError(f"prediction store {url!r} has no datetime attribute; rerun inference to rewrite it")
     return dataset
 
 
@@ -126,8 +167,11 @@ def open_predictions(urls: Sequence[str], *, legend_ids: Sequence[int]) -> Predi
     opened = []
     for url in urls:
         dataset = _open_one(str(url))
-        observation_id = str(dataset.attrs.get("observation_id", str(url).rstrip("/").rsplit("/", 1)[-1]))
-        opened.append((_parse_datetime(dataset.attrs["datetime"], str(url)), observation_id, str(url), dataset))
+        attrs = _observation_attrs(dataset, str(url))
+        default_id = str(url).rstrip("/").rsplit("/", 1)[-1].removesuffix(".zarr")
+        observation_id = str(attrs.get("observation_id", default_id))
+        when = _parse_datetime(attrs["datetime"], str(url))
+        opened.append((when, observation_id, str(url), dataset, attrs))
     opened.sort(key=lambda entry: (entry[0], entry[1]))
 
     reference_url = opened[0][2]
@@ -136,7 +180,7 @@ def open_predictions(urls: Sequence[str], *, legend_ids: Sequence[int]) -> Predi
     class_ids = _class_ids(reference, reference_url, legend_ids)
 
     probabilities, landcover, confidence, cloud, observations = [], [], [], [], []
-    for when, observation_id, url, dataset in opened:
+    for when, observation_id, url, dataset, attrs in opened:
         other = geobox_of(dataset, url)
         if other != geobox:
             raise ValueError(
@@ -154,7 +198,7 @@ def open_predictions(urls: Sequence[str], *, legend_ids: Sequence[int]) -> Predi
         else:
             logger.info("observation %s has no cloud layer; its valid pixels count as clear", observation_id)
             cloud.append(da.full(landcover[-1].shape, layout.PROBABILITY_FILL, dtype=np.uint8, chunks=landcover[-1].chunks))
-        observations.append({**dict(dataset.attrs), "observation_id": observation_id, "datetime": when})
+        observations.append({**attrs, "observation_id": observation_id, "datetime": when})
 
     coords = {name: reference.coords[name].variable.to_base_variable() for name in ("y", "x", "spatial_ref")}
     return PredictionInputs(

@@ -54,11 +54,16 @@ def write_prediction(
     cloud: np.ndarray | None,
     observed: np.ndarray | None = None,
     chunk_px: int = 32,
+    observation_attrs: bool = True,
+    class_coordinate: bool = True,
 ) -> str:
     """Write one prediction store and return its path as a string.
 
     ``observed`` (bool, (H, W)) marks pixels the scene covers; the others
-    hold fill 255 in every variable.
+    contain fill 255 in every variable. With ``observation_attrs=False`` the
+    store has no observation id, time or item ids, only the per-variable
+    ``card`` and ``fingerprint`` that the inference stage writes. With
+    ``class_coordinate=False`` the ``class`` dimension has no coordinate.
     """
     height, width = geobox.shape.y, geobox.shape.x
     observed = np.ones((height, width), dtype=bool) if observed is None else observed
@@ -83,10 +88,15 @@ def write_prediction(
             "datetime": datetime,
             "item_ids": [f"{observation_id}_item"],
             "cards": {"landcover": {"name": "tiny-test", "fingerprint": "ab" * 32}},
-        },
+        }
+        if observation_attrs
+        else {},
     )
+    if not class_coordinate:
+        dataset = dataset.drop_vars("class")
     for name in variables:
         dataset[name].attrs["grid_mapping"] = "spatial_ref"
+        dataset[name].attrs.update({"card": "tiny-test", "fingerprint": "ab" * 32})
     encoding = {name: {"chunks": (1, chunk_px, chunk_px)[-dataset[name].ndim :], "fill_value": 255} for name in variables}
     dataset.to_zarr(path, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
     return str(path)

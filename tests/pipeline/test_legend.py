@@ -23,11 +23,11 @@ def test_normalize_legend_accepts_three_forms() -> None:
         (1, "tree cover", "33a02c"),
     ])
     assert legend == (
+        LegendEntry(2, "cropland", "#ffff99"),
         LegendEntry(0, "water", "#1f78b4"),
         LegendEntry(1, "tree cover", "#33a02c"),
-        LegendEntry(2, "cropland", "#ffff99"),
     )
-    assert legend[0].rgb == (31, 120, 180)
+    assert legend[1].rgb == (31, 120, 180)
 
 
 @pytest.mark.parametrize(

@@ -229,3 +229,44 @@ def test_open_mosaic_rejects_missing_store(tmp_path) -> None:
     assert not is_complete(str(tmp_path / "nothing.zarr"))
     with pytest.raises(IncompleteStoreError, match="is not complete"):
         open_mosaic(str(tmp_path / "nothing.zarr"))
+
+
+def test_mosaic_reads_observation_attrs_from_input_cubes(tmp_path) -> None:
+    geobox = job_geobox(32, 32)
+    classes = np.zeros((32, 32), dtype=np.uint8)
+    urls = []
+    for observation_id, when in (("s2_late", "2024-06-02T10:00:00Z"), ("s2_early", "2024-06-01T10:00:00Z")):
+        cube = zarr.open_group(str(tmp_path / "inputs" / f"{observation_id}.zarr"), mode="w", zarr_format=3)
+        cube.attrs.update({"observation_id": observation_id, "datetime": when, "item_ids": [f"{observation_id}_item"]})
+        urls.append(write_prediction(tmp_path / "predictions" / f"{observation_id}.zarr", geobox,
+                                     observation_id=observation_id, datetime=when,
+                                     probabilities=probabilities_for(classes), cloud=None, observation_attrs=False))
+
+    url = build_mosaic(urls, str(tmp_path / "mosaic.zarr"), legend=LEGEND, provenance={}, options=OPTIONS)
+    attrs = open_mosaic(url).attrs
+    assert attrs["start_datetime"] == "2024-06-01T10:00:00Z"
+    assert attrs["end_datetime"] == "2024-06-02T10:00:00Z"
+    assert attrs["input_item_ids"] == ["s2_early_item", "s2_late_item"]
+    assert [entry["observation_id"] for entry in attrs["input_observations"]] == ["s2_early", "s2_late"]
+    assert attrs["input_observations"][0]["cards"]["landcover"] == {"card": "tiny-test", "fingerprint": "ab" * 32}
+
+
+def test_build_mosaic_rejects_store_without_time(tmp_path) -> None:
+    url = write_prediction(tmp_path / "predictions" / "lost.zarr", job_geobox(32, 32), observation_id="lost",
+                           datetime="", probabilities=probabilities_for(np.zeros((32, 32), dtype=np.uint8)),
+                           cloud=None, observation_attrs=False)
+    with pytest.raises(ValueError, match="has no datetime attribute, and neither has an input cube"):
+        build_mosaic([url], str(tmp_path / "mosaic.zarr"), legend=LEGEND, provenance={}, options=OPTIONS)
+
+
+@pytest.mark.parametrize(("class_coordinate", "expected_id"), [(True, 0), (False, 2)])
+def test_mosaic_maps_planes_to_class_ids(tmp_path, class_coordinate: bool, expected_id: int) -> None:
+    planes = np.zeros((32, 32), dtype=np.uint8)  # the model's plane 0 wins everywhere
+    url = write_prediction(tmp_path / "p.zarr", job_geobox(32, 32), observation_id="p", datetime="2024-06-01T10:00:00Z",
+                           probabilities=probabilities_for(planes), cloud=None, class_coordinate=class_coordinate)
+    reordered = [LEGEND[2], LEGEND[0], LEGEND[1], LEGEND[3]]
+    result = open_mosaic(build_mosaic([url], str(tmp_path / "m.zarr"), legend=reordered, provenance={}, options=OPTIONS))
+
+    # The class coordinate names the plane's class id; without it, the legend order does.
+    assert (result["landcover"].values == expected_id).all()
+    assert result["landcover"].attrs["flag_values"] == [2, 0, 1, 3]
