@@ -27,6 +27,7 @@ import shapely.ops
 
 from catalog.describe import item_datetime
 from catalog.query import parse_datetime_range
+from catalog.safe import find_product_metadata, product_properties, resolution_in_name
 from catalog.sensors import SENSORS, Sensor, find_sensor, normalize_platform
 
 logger = logging.getLogger(__name__)
@@ -57,8 +58,10 @@ def build_local_catalog(
     Parameters
     ----------
     sources
-        Scene folders, each holding one raster file per band (GeoTIFF or
-        JPEG 2000; the format is read from the file, not its name).
+        Scene folders, each with one raster file per band (GeoTIFF or
+        JPEG 2000; the format is read from the file, not its name). A
+        Sentinel-2 ``.SAFE`` folder is read with its product metadata, which
+        gives platform, time, baseline, cloud cover and per-band offsets.
     out_dir
         Folder that receives the static catalog (see :func:`write_local_catalog`).
         Asset hrefs are absolute paths to the source files.
@@ -160,7 +163,10 @@ def _build_item(
     if not folder.is_dir():
         raise FileNotFoundError(f"scene folder {str(folder)!r} does not exist; pass folders of per-band raster files")
     template = _find_item_json(folder)
+    product = find_product_metadata(folder) if template is None else None
     properties: dict[str, Any] = copy.deepcopy(template["properties"]) if template else {}
+    if product is not None:
+        properties.update(product_properties(product))
     properties.update(extra_properties)
 
     if sensor is not None:
@@ -178,8 +184,8 @@ def _build_item(
         table, properties["platform"] = SENSORS["sentinel-2-msi"], f"sentinel-2{unit.group(1).lower()}"
     properties.setdefault("instruments", [table.instruments[0]])
 
-    band_files = _band_files(folder, table)
-    acquired = _acquisition_time(folder, template, datetime_text)
+    band_files = _band_files(folder, table, recursive=product is not None)
+    acquired = _acquisition_time(folder, template, datetime_text, product.start_utc if product else None)
     properties["datetime"] = acquired.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     band_scale, band_offset = _radiometry(folder, table, template, offset, scale, properties)
 
@@ -187,7 +193,11 @@ def _build_item(
     footprints = []
     epsg = None
     for band_name, path in band_files.items():
-        asset, footprint, asset_epsg = _band_asset(table, band_name, path, band_scale, band_offset)
+        radiometry = (band_scale, band_offset)
+        if product is not None and offset is None and band_name in product.wavelengths_um:
+            # The product's own RADIO_ADD_OFFSET/BOA_ADD_OFFSET, band by band.
+            radiometry = product.scale_offset(band_name)
+        asset, footprint, asset_epsg = _band_asset(table, band_name, path, *radiometry)
         key = _template_asset_key(template, table, band_name)
         if key is not None:
             _copy_declared_radiometry(template["assets"][key], asset)
@@ -197,7 +207,12 @@ def _build_item(
     properties["proj:epsg"] = epsg
 
     geometry = template["geometry"] if template else _footprint_lonlat(footprints)
-    item_id = template["id"] if template else _item_id(folder, acquired)
+    if template is not None:
+        item_id = template["id"]
+    elif product is not None and product.product_uri:
+        item_id = product.product_uri.removesuffix(".SAFE")
+    else:
+        item_id = _item_id(folder, acquired)
     item = pystac.Item(
         id=item_id,
         geometry=geometry,
@@ -237,17 +252,25 @@ def _find_item_json(folder: Path) -> dict[str, Any] | None:
     return None
 
 
-def _band_files(folder: Path, table: Sensor) -> dict[str, Path]:
+def _band_files(folder: Path, table: Sensor, *, recursive: bool = False) -> dict[str, Path]:
+    """Map band names to their files; SAFE folders are searched recursively, keeping the finest resolution."""
     found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in RASTER_SUFFIXES:
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    for path in sorted(candidates):
+        if path.suffix.lower() not in RASTER_SUFFIXES or "QI_DATA" in path.parts:
             continue
         band = next((table.find_band(token) for token in reversed(path.stem.split("_")) if table.find_band(token)), None)
         if band is None:
             logger.info("skipping %s: its name does not contain a %s band name", path.name, table.key)
             continue
         if band.name in found:
-            raise ValueError(f"{folder} contains two files for band {band.name}: {found[band.name].name} and {path.name}; keep one")
+            previous, current = resolution_in_name(found[band.name]), resolution_in_name(path)
+            if previous is None or current is None:
+                raise ValueError(
+                    f"{folder} contains two files for band {band.name}: {found[band.name].name} and {path.name}; keep one"
+                )
+            if current >= previous:
+                continue
         found[band.name] = path
     if not found:
         raise FileNotFoundError(
@@ -256,7 +279,9 @@ def _band_files(folder: Path, table: Sensor) -> dict[str, Path]:
     return {band.name: found[band.name] for band in table.bands if band.name in found}
 
 
-def _acquisition_time(folder: Path, template: Mapping[str, Any] | None, datetime_text: str | None) -> datetime:
+def _acquisition_time(
+    folder: Path, template: Mapping[str, Any] | None, datetime_text: str | None, product_start: datetime | None
+) -> datetime:
     if datetime_text is not None:
         start, end = parse_datetime_range(datetime_text)
         if start is None or end is None or "/" in datetime_text:
@@ -264,6 +289,8 @@ def _acquisition_time(folder: Path, template: Mapping[str, Any] | None, datetime
         return start
     if template is not None:
         return item_datetime(template)
+    if product_start is not None:
+        return product_start
     match = _DATE_IN_NAME.search(folder.name)
     if match:
         return datetime(int(match.group(1)), int(match.group(2)), int(match.group(3)), tzinfo=timezone.utc)

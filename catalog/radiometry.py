@@ -17,6 +17,7 @@ import math
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +153,8 @@ class Sentinel2ProductMetadata:
 
     ``add_offsets_dn`` maps band names (``"B04"``) to the declared
     ``RADIO_ADD_OFFSET``/``BOA_ADD_OFFSET`` in DN; it is empty for products
-    that declare none (baselines before 04.00).
+    that declare none (baselines before 04.00). ``start_utc`` is the
+    product's sensing start, ``cloud_cover_pct`` its cloud assessment.
     """
 
     spacecraft: str
@@ -162,6 +164,9 @@ class Sentinel2ProductMetadata:
     add_offsets_dn: Mapping[str, float]
     wavelengths_um: Mapping[str, float]
     resolutions_m: Mapping[str, float]
+    product_uri: str | None = None
+    start_utc: datetime | None = None
+    cloud_cover_pct: float | None = None
 
     def scale_offset(self, band: str) -> tuple[float, float]:
         """Return ``(scale, offset)`` turning stored values of ``band`` into reflectance."""
@@ -229,6 +234,8 @@ def read_sentinel2_product_metadata(path: str | Path) -> Sentinel2ProductMetadat
             offsets[band_ids[element.attrib["band_id"]]] = float(element.text)
 
     major, minor = parse_baseline(baseline)
+    start = first_text("PRODUCT_START_TIME")
+    cloud = first_text("Cloud_Coverage_Assessment")
     return Sentinel2ProductMetadata(
         spacecraft=first_text("SPACECRAFT_NAME") or "",
         product_type=first_text("PRODUCT_TYPE") or "",
@@ -237,4 +244,7 @@ def read_sentinel2_product_metadata(path: str | Path) -> Sentinel2ProductMetadat
         add_offsets_dn=offsets,
         wavelengths_um=wavelengths,
         resolutions_m=resolutions,
+        product_uri=first_text("PRODUCT_URI"),
+        start_utc=datetime.fromisoformat(start.replace("Z", "+00:00")).astimezone(timezone.utc) if start else None,
+        cloud_cover_pct=float(cloud) if cloud else None,
     )

