@@ -2,7 +2,17 @@
 
 The first stage of every job: find the scenes that cover an area and time
 range, and describe each one (bands, wavelengths, GSD, nodata, scale/offset)
-so that later stages never guess.
+so that later stages never guess::
+
+    from catalog import describe_item, format_scene_table, search_items
+
+    items = search_items("earth-search", bbox=(11.0, 46.0, 11.5, 46.5),
+                         datetime="2024-06-01/2024-06-30", max_cloud_cover=20)
+    print(format_scene_table(items))
+    scenes = [describe_item(item, bands=["B02", "B03", "B04", "B08"]) for item in items]
+
+Readers open ``BandInfo.href`` through :func:`sign_planetary_computer_href`,
+which signs Planetary Computer blob URLs and returns every other href unchanged.
 """
 
 from catalog.builder import build_local_catalog
