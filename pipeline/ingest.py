@@ -139,7 +139,7 @@ def _read_reflectance_block(request: _BlockRequest, block_info: dict | None = No
         filled = np.zeros(block.shape.yx, dtype=bool)
         for scene in request.scenes:
             band = scene.band(name)
-            stored = read_band(band, block, resampling=request.resampling, retry=request.retry)
+            stored = read_band(band, block, resampling=request.resampling, retry=request.retry, sidecars=not scene.map_projected)
             take = ~np.isnan(stored) & ~filled
             if take.any():
                 out[index][take] = encode_reflectance(stored[take] * band.scale + band.offset)
@@ -156,7 +156,7 @@ def _read_classification_block(request: _BlockRequest, block_info: dict | None =
     filled = np.zeros(block.shape.yx, dtype=bool)
     for scene in request.scenes:
         band = scene.band(name)
-        stored = read_band(band, block, resampling=request.resampling, retry=request.retry)
+        stored = read_band(band, block, resampling=request.resampling, retry=request.retry, sidecars=not scene.map_projected)
         take = ~np.isnan(stored) & ~filled
         if take.any():
             values = stored[take]

@@ -40,14 +40,17 @@ _TRANSIENT_PATTERN = re.compile(
     re.IGNORECASE,
 )
 
-# GDAL settings for remote reads: no directory listing when opening a single
-# asset, and one merged range request for neighbouring blocks.
+# GDAL settings for reads: no directory listing or sidecar probing when
+# opening an asset (each costs a request on object storage), and one merged
+# range request for neighbouring blocks.
 GDAL_READ_OPTIONS = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     "GDAL_HTTP_MULTIRANGE": "YES",
-    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": "",
 }
+# Level-1A assets keep their RPCs in a sidecar (.rpb, _rpc.txt) that GDAL
+# finds only when it may look beside the file.
+GDAL_SIDECAR_OPTIONS = {**GDAL_READ_OPTIONS, "GDAL_DISABLE_READDIR_ON_OPEN": "FALSE"}
 
 
 class AssetReadError(OSError):
@@ -92,11 +95,22 @@ class RetryPolicy:
 
 
 def is_transient(error: BaseException) -> bool:
-    """Return whether ``error`` looks like a failure a retry can get past."""
-    if isinstance(error, (TimeoutError, ConnectionError)):
-        return True
-    if isinstance(error, (rasterio.errors.RasterioError, OSError)):
-        return bool(_TRANSIENT_PATTERN.search(str(error)))
+    """Return whether ``error``, or an error it was raised from, is one a retry can get past.
+
+    rasterio reports a failed tile read inside a warp as a generic
+    ``WarpOperationError`` whose causes carry GDAL's messages, so the whole
+    chain is checked.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (TimeoutError, ConnectionError)):
+            return True
+        from_gdal = type(current).__module__.startswith("rasterio")
+        if (from_gdal or isinstance(current, OSError)) and _TRANSIENT_PATTERN.search(str(current)):
+            return True
+        current = current.__cause__ or current.__context__
     return False
 
 
@@ -106,6 +120,7 @@ def read_band(
     *,
     resampling: ResamplingName = "bilinear",
     retry: RetryPolicy = RetryPolicy(),
+    sidecars: bool = False,
 ) -> np.ndarray:
     """Read ``band`` resampled onto ``geobox``.
 
@@ -120,6 +135,9 @@ def read_band(
         GDAL resampling kernel. Categorical bands need ``"nearest"`` or ``"mode"``.
     retry
         Retry policy for transient failures.
+    sidecars
+        Let GDAL look for sidecar files beside the asset (needed for RPCs in
+        ``.rpb`` files); off by default because each probe is a request.
 
     Returns
     -------
@@ -137,7 +155,7 @@ def read_band(
     failures = 0
     while True:
         try:
-            return _warp_band(band, geobox, resampling)
+            return _warp_band(band, geobox, resampling, sidecars, fresh=failures > 0)
         except NotGeoreferencedError:
             raise
         except Exception as error:  # noqa: BLE001  (GDAL raises several unrelated types)
@@ -161,9 +179,25 @@ def read_band(
             time.sleep(delay)
 
 
-def _warp_band(band: BandInfo, geobox: GeoBox, resampling: ResamplingName) -> np.ndarray:
+_VSI_PREFIXES = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/", "az": "/vsiaz/"}
+
+
+def gdal_path(href: str) -> str:
+    """Return the GDAL virtual file system path of ``href`` (``s3://b/k`` -> ``/vsis3/b/k``)."""
+    scheme, _, rest = href.partition("://")
+    if not rest or scheme not in _VSI_PREFIXES:
+        return href
+    return _VSI_PREFIXES[scheme] + (href if scheme.startswith("http") else rest)
+
+
+def _warp_band(band: BandInfo, geobox: GeoBox, resampling: ResamplingName, sidecars: bool, fresh: bool) -> np.ndarray:
     destination = np.full(geobox.shape.yx, np.nan, dtype=np.float32)
-    with rasterio.Env(**GDAL_READ_OPTIONS), rasterio.open(band.href) as src:
+    options = dict(GDAL_SIDECAR_OPTIONS if sidecars else GDAL_READ_OPTIONS)
+    if fresh:
+        # GDAL caches a remote file's size, existence and blocks across opens,
+        # failures included; a retry must not be answered from that cache.
+        options["CPL_VSIL_CURL_NON_CACHED"] = gdal_path(band.href)
+    with rasterio.Env(**options), rasterio.open(band.href) as src:
         if band.band_index > src.count:
             raise NotGeoreferencedError(
                 f"asset {band.href} has {src.count} bands but band {band.name} asks for band index {band.band_index}"

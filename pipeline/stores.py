@@ -267,7 +267,12 @@ def prepare_encoding(ds: xr.Dataset, chunks: Mapping[str, int] | None = None) ->
         ds[name] = variable.copy(deep=False)
         ds[name].attrs = attrs
         ds[name].encoding = encoding
-    for name in ds.coords:
+    for name in list(ds.coords):
+        coordinate = ds[name]
+        if coordinate.dtype.kind == "U":
+            # Zarr v3 specifies variable-length strings; fixed-width numpy
+            # strings have no Zarr v3 data type yet.
+            ds = ds.assign_coords({name: coordinate.astype(object)})
         ds[name].encoding.pop("chunks", None)
         ds[name].encoding.pop("preferred_chunks", None)
     return ds
@@ -392,7 +397,8 @@ def _aligned_selection(
     selection = []
     for axis, dim in enumerate(variable.dims):
         size = array.shape[axis]
-        chunk = array.chunks[axis]
+        # With sharding, a shard is the unit two writers must not share.
+        chunk = (array.shards or array.chunks)[axis]
         start, stop, step = region.get(dim, slice(0, size)).indices(size)
         if step != 1:
             raise ValueError(f"region[{dim!r}] must have step 1, got {step}")

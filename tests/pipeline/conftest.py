@@ -11,6 +11,7 @@ import rasterio
 from rasterio.warp import transform_geom
 
 from catalog.scene import BandInfo, SceneDescription
+from tests.s3_server import s3_bucket, s3_server  # noqa: F401  (fixtures)
 
 DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 L1C_DIR = DATA_DIR / "s2" / "T18SVG_20160112_L1C_crop"
@@ -128,3 +129,22 @@ def l2a_scene() -> SceneDescription:
         nodata=0,
         classification=("SCL",),
     )
+
+
+@pytest.fixture(scope="module")
+def cluster_client(s3_server):
+    """A real LocalCluster with two worker processes, started after the S3 test server.
+
+    The workers inherit the S3 server's environment, so they can write to it.
+    """
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=":0",
+        memory_limit="2GiB",
+    ) as cluster, Client(cluster) as client:
+        yield client

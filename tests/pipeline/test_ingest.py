@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import os
 from dataclasses import replace
 from datetime import timedelta
 
@@ -272,3 +272,29 @@ def test_input_cube_round_trip_local(l2a_scene, l2a_dir, tmp_path):
     assert plain.rio.crs.to_epsg() == 32629
     assert np.isnan(plain[layout.REFLECTANCE_VAR].values[:, 0, 0]).all()
     np.testing.assert_allclose(plain[layout.REFLECTANCE_VAR].values[1, 4:-4, 4:-4], read_dn(l2a_dir / "B04.tif") * 1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("target", ["local", "s3"])
+def test_input_cube_written_by_cluster_workers(l1c_scene, cluster_client, s3_bucket, tmp_path, target):
+    from distributed import get_task_stream
+
+    geobox = plan_grid([l1c_scene], resolution_m=20)
+    ds = load_observation([l1c_scene], geobox, bands=["B02", "B05", "B8A"], chunk_px=128)
+    root = str(tmp_path) if target == "local" else f"s3://{s3_bucket}/run"
+    url = f"{root}/inputs/{ds.attrs['observation_id']}.zarr"
+    workers = set(cluster_client.scheduler_info()["workers"])
+
+    with get_task_stream(cluster_client) as stream:
+        write_input_cube(ds, url, client=cluster_client)
+
+    store_tasks = [task for task in stream.data if str(task["key"]).startswith("('store-map")]
+    assert len(store_tasks) == 4 * 4  # one per 128 px block of the 510 x 510 px grid
+    assert {task["worker"] for task in store_tasks} <= workers
+    back = open_dataset(url)
+    assert back.rio.crs.to_epsg() == 32618
+    assert tuple(back.rio.transform())[:6] == tuple(geobox.affine)[:6]
+    assert grid_of(back) == geobox
+    np.testing.assert_array_equal(back[layout.REFLECTANCE_VAR].values, ds[layout.REFLECTANCE_VAR].values)
+    plain = xr.open_zarr(url, decode_coords="all", consolidated=False, storage_options=None if target == "local" else {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]})
+    assert plain.rio.crs.to_epsg() == 32618
+    assert tuple(plain.rio.transform())[:6] == tuple(geobox.affine)[:6]
