@@ -15,7 +15,6 @@ or blocks are added: a scene gives the same bytes however it is split.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import threading
@@ -27,7 +26,9 @@ import numpy as np
 import torch
 
 from pipeline import layout
+from pipeline.model.precision import autocast
 from pipeline.model_cache import model_for
+from pipeline.stores import zarr_store
 from pipeline.tiling import Block, BlockPlan, Tile, blend_window
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class CardJob:
     """One model card applied to one scene: tiling, batching and output settings."""
 
     card: Any
+    fingerprint: str
     key: str
     plan: BlockPlan
     patch_px: int
@@ -117,19 +119,13 @@ def read_block(cube: CubeInfo, footprint: tuple[int, int, int, int]) -> np.ndarr
     import zarr
 
     y0, y1, x0, x1 = footprint
-    group = zarr.open_group(cube.url, mode="r", storage_options=dict(cube.storage_options) or None)
-    array = group[layout.REFLECTANCE_VAR]
+    store = zarr_store(cube.url, "r", storage_options=dict(cube.storage_options))
+    array = zarr.open_group(store, mode="r")[layout.REFLECTANCE_VAR]
     return np.asarray(array[:, y0:y1, x0:x1])
 
 
 def _device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "bfloat16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _cut_tile(data: np.ndarray, tile: Tile, origin: tuple[int, int], tile_px: int, cube: CubeInfo):
@@ -151,7 +147,7 @@ def _cut_tile(data: np.ndarray, tile: Tile, origin: tuple[int, int], tile_px: in
 def _run_batch(model, card, batch: np.ndarray, wavelengths_um: list[float], patch_px: int,
                device: torch.device, precision: str) -> torch.Tensor:
     inputs = torch.from_numpy(batch).to(device)
-    with torch.inference_mode(), _autocast(device, precision):
+    with torch.inference_mode(), autocast(device, precision):
         prepared = card.prepare_input(inputs, wavelengths_um)
         logits = model(prepared, wavelengths_um=wavelengths_um, patch_size=patch_px)
     return logits.float().cpu()
@@ -159,23 +155,35 @@ def _run_batch(model, card, batch: np.ndarray, wavelengths_um: list[float], patc
 
 def _run_batches(model, job: CardJob, tiles: list[np.ndarray], wavelengths_um: list[float],
                  device: torch.device) -> list[torch.Tensor]:
-    """Run tiles through the model in batches; on CUDA out-of-memory, halve the batch and retry."""
+    """Run tiles through the model in batches; on CUDA out-of-memory, halve the batch and retry.
+
+    A batch never holds a single tile: a lone last tile is run together with
+    a copy of itself. NOTE: on CPU, PyTorch takes other kernels for a batch
+    of one than for larger batches, so a lone tile's logits differ in the last
+    bits (seen with FlexiMo, torch 2.13), while batches of two or more give
+    each tile the same bits; the invariance tests rely on this.
+    """
     outputs: list[torch.Tensor] = []
-    batch_size = job.batch_size
+    batch_size = max(2, job.batch_size)
+    single_tiles = False
     start = 0
     while start < len(tiles):
-        batch = np.stack(tiles[start: start + batch_size])
+        chunk = tiles[start: start + batch_size]
+        batch = np.stack(chunk if len(chunk) > 1 or single_tiles else chunk * 2)
         try:
             logits = _run_batch(model, job.card, batch, wavelengths_um, job.patch_px, device, job.precision)
         except torch.cuda.OutOfMemoryError:
-            if batch_size == 1:
+            if single_tiles:
                 raise
-            batch_size = max(1, batch_size // 2)
             torch.cuda.empty_cache()
+            if batch_size > 2:
+                batch_size //= 2
+            else:
+                batch_size, single_tiles = 1, True
             logger.warning("CUDA out of memory on %s; retrying with batch size %d", job.key, batch_size)
             continue
-        outputs.extend(logits.unbind(0))
-        start += len(batch)
+        outputs.extend(logits[: len(chunk)].unbind(0))
+        start += len(chunk)
     return outputs
 
 
@@ -225,7 +233,7 @@ def predict_block(job: CardJob, block: Block, data: np.ndarray, cube: CubeInfo) 
         return BlockPrediction(y0, y1, x0, x1, None, None, nodata_block, 0, skipped, 0.0)
 
     device = _device()
-    model = model_for(job.card, device)
+    model = model_for(job.card, job.fingerprint, device)
     wavelengths_um = list(cube.wavelengths_um)
     with _MODEL_LOCK:
         if device.type == "cpu" and job.threads:
@@ -234,8 +242,14 @@ def predict_block(job: CardJob, block: Block, data: np.ndarray, cube: CubeInfo) 
         outputs = _run_batches(model, job, tiles, wavelengths_um, device)
         model_seconds = time.perf_counter() - started
 
-    window = torch.from_numpy(blend_window(tile_px, plan.grid.overlap_px).astype(np.float64))
     classes = outputs[0].shape[0]
+    expected = len(job.card.class_names) if job.card.task == "landcover" else classes
+    if classes != expected:
+        raise ValueError(
+            f"model of card {job.card.name!r} returned {classes} classes, but the card lists {expected}; "
+            "fix the card's classes or its checkpoint"
+        )
+    window = torch.from_numpy(blend_window(tile_px, plan.grid.overlap_px).astype(np.float64))
     logit_sum = torch.zeros((classes, y1 - y0, x1 - x0), dtype=torch.float64)
     weight_sum = torch.zeros((y1 - y0, x1 - x0), dtype=torch.float64)
     for tile, (height, width), logits in zip(owned, shapes, outputs):
@@ -273,6 +287,14 @@ def overlap_into(prediction: BlockPrediction, target: Block) -> Overlap | None:
     )
 
 
+def cloud_class_index(card: Any) -> int:
+    """Return the index of the card's class named "cloud" (any case)."""
+    names = [name.lower() for name in card.class_names]
+    if "cloud" not in names:
+        raise ValueError(f"cloud card {card.name!r} has no class named 'cloud' among {list(card.class_names)}")
+    return names.index("cloud")
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=0, keepdims=True)
     np.exp(shifted, out=shifted)
@@ -291,7 +313,7 @@ def _output_arrays(job: CardJob, logits: np.ndarray, nodata: np.ndarray) -> dict
     probabilities = _class_probabilities(logits.astype(np.float32))
     fill = np.uint8(layout.PROBABILITY_FILL)
     if job.card.task == "cloud":
-        cloud_index = list(job.card.classes).index("cloud") if probabilities.shape[0] > 1 else 0
+        cloud_index = cloud_class_index(job.card) if probabilities.shape[0] > 1 else 0
         percent = np.rint(probabilities[cloud_index] * 100).astype(np.uint8)
         return {layout.CLOUD_PROBABILITY_VAR: np.where(nodata, fill, percent)}
 
@@ -332,7 +354,8 @@ def write_block(
     else:
         outputs = _empty_outputs(job, height, width)
 
-    group = zarr.open_group(job.prediction_url, mode="r+", storage_options=dict(job.storage_options) or None)
+    store = zarr_store(job.prediction_url, "r+", storage_options=dict(job.storage_options))
+    group = zarr.open_group(store, mode="r+")
     for name, values in outputs.items():
         group[name][..., block.y0: block.y1, block.x0: block.x1] = values
 
@@ -352,7 +375,7 @@ def _empty_outputs(job: CardJob, height: int, width: int) -> dict[str, np.ndarra
     fill = layout.PROBABILITY_FILL
     if job.card.task == "cloud":
         return {layout.CLOUD_PROBABILITY_VAR: np.full((height, width), fill, np.uint8)}
-    classes = len(job.card.classes)
+    classes = len(job.card.class_names)
     return {
         layout.LANDCOVER_PROBABILITY_VAR: np.full((classes, height, width), fill, np.uint8),
         layout.LANDCOVER_VAR: np.full((height, width), fill, np.uint8),

@@ -34,6 +34,7 @@ from pipeline import layout
 from pipeline.blocks import (
     BlockResult,
     CardJob,
+    cloud_class_index,
     CubeInfo,
     overlap_into,
     predict_block,
@@ -174,10 +175,8 @@ def _load_cards(cards: Sequence[Any]) -> list[Any]:
     for card in loaded:
         if card.task not in ("landcover", "cloud"):
             raise ValueError(f"card {card.name!r} has task {card.task!r}; expected 'landcover' or 'cloud'")
-        if card.task == "cloud" and len(card.classes) > 1 and "cloud" not in card.classes:
-            raise ValueError(
-                f"cloud card {card.name!r} has no class named 'cloud' among {list(card.classes)}"
-            )
+        if card.task == "cloud" and len(card.class_names) > 1:
+            cloud_class_index(card)
     return loaded
 
 
@@ -267,15 +266,16 @@ def run_inference(
     jobs = []
     for card in loaded:
         patch_px = choose_patch_size(
-            card.reference_gsd_m, card.reference_patch_size, cube.gsd_m,
+            card.reference_gsd_m, card.reference_patch_size, cube.effective_gsd_m,
             override=options.patch_size_override, min_patch=options.min_patch, max_patch=options.max_patch,
         )
         tile_px = _token_grid(card) * patch_px
         grid = tile_grid(cube.info.height, cube.info.width, tile_px, options.overlap_for(tile_px))
         plan = plan_blocks(grid, options.block_px, options.chunk_px)
-        key = f"{card.task}-{card.fingerprint()[:12]}-p{patch_px}-o{grid.overlap_px}-b{plan.block_px}"
+        fingerprint = card.fingerprint()
+        key = f"{card.task}-{fingerprint[:12]}-p{patch_px}-o{grid.overlap_px}-b{plan.block_px}"
         jobs.append(CardJob(
-            card=card, key=key, plan=plan, patch_px=patch_px, batch_size=options.batch_size,
+            card=card, fingerprint=fingerprint, key=key, plan=plan, patch_px=patch_px, batch_size=options.batch_size,
             precision=options.precision, threads=threads, prediction_url=prediction_url,
             storage_options=cube.storage_options, manifest_url=manifest_url, observation=observation,
         ))

@@ -34,13 +34,18 @@ def _load(card: Any, device: torch.device) -> torch.nn.Module:
     else:
         from pipeline.model import load_model_from_card
 
-        model = load_model_from_card(card)
+        model = load_model_from_card(card, device=device)
     return model.to(device).eval()
 
 
-def model_for(card: Any, device: torch.device) -> torch.nn.Module:
-    """Return the card's model on ``device``, loading it on the first call in this process."""
-    key = (card.fingerprint(), str(device))
+def model_for(card: Any, fingerprint: str, device: torch.device) -> torch.nn.Module:
+    """Return the card's model on ``device``, loading it on the first call in this process.
+
+    ``fingerprint`` is the card's content hash (:meth:`ModelCard.fingerprint`),
+    computed once by the driver: hashing a checkpoint per task would cost as
+    much as loading it.
+    """
+    key = (fingerprint, str(device))
     with _LOCK:
         model = _MODELS.get(key)
         if model is None:

@@ -19,17 +19,9 @@ import xarray as xr
 import zarr
 
 from pipeline import layout
+from pipeline.stores import open_dataset, storage_options_from_env, zarr_store
 
 logger = logging.getLogger(__name__)
-
-
-def storage_options_for(url: str) -> dict[str, Any]:
-    """Return fsspec options for a URL: none for local paths, the environment's for object stores."""
-    if "://" not in url or url.startswith("file://"):
-        return {}
-    from pipeline.stores import storage_options_from_env
-
-    return dict(storage_options_from_env(url))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +30,13 @@ class OpenedCube:
 
     info: Any
     gsd_m: float
+    resolution_m: float | None
     dataset: xr.Dataset
+
+    @property
+    def effective_gsd_m(self) -> float:
+        """Ground distance one pixel resolves: the coarser of the sensor's GSD and the grid's pixel size."""
+        return max(self.gsd_m, self.resolution_m or 0.0)
 
     @property
     def storage_options(self) -> tuple[tuple[str, Any], ...]:
@@ -58,11 +56,9 @@ def open_cube(url: str) -> OpenedCube:
     """
     from pipeline.blocks import CubeInfo
 
-    options = storage_options_for(url)
+    options = storage_options_from_env(url)
     try:
-        dataset = xr.open_zarr(
-            url, decode_coords="all", mask_and_scale=False, consolidated=False, storage_options=options or None
-        )
+        dataset = open_dataset(url, storage_options=options)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as error:
         raise FileNotFoundError(f"no input cube at {url!r}; run the ingest stage first") from error
     if layout.REFLECTANCE_VAR not in dataset:
@@ -88,14 +84,15 @@ def open_cube(url: str) -> OpenedCube:
         wavelengths_um=tuple(float(value) for value in reflectance[layout.WAVELENGTH_COORD].values),
         fill=int(fill),
     )
-    return OpenedCube(info, float(gsd_m), dataset)
+    resolution_m = float(abs(dataset["x"].values[1] - dataset["x"].values[0])) if info.width > 1 else None
+    return OpenedCube(info, float(gsd_m), resolution_m, dataset)
 
 
 def _variables(job: Any, height: int, width: int, chunk_px: int) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
     chunks = (min(chunk_px, height), min(chunk_px, width))
     if job.card.task == "cloud":
         return {layout.CLOUD_PROBABILITY_VAR: (("y", "x"), chunks)}
-    classes = len(job.card.classes)
+    classes = len(job.card.class_names)
     return {
         layout.LANDCOVER_PROBABILITY_VAR: (("class", "y", "x"), (classes, *chunks)),
         layout.LANDCOVER_VAR: (("y", "x"), chunks),
@@ -108,7 +105,7 @@ def _attributes(job: Any) -> dict[str, Any]:
     return {
         "card": card.name,
         "fingerprint": card.fingerprint(),
-        "classes": list(card.classes),
+        "classes": list(card.class_names),
         "patch_size_px": job.patch_px,
         "tile_px": job.plan.grid.tile_px,
         "overlap_px": job.plan.grid.overlap_px,
@@ -129,10 +126,10 @@ def create_prediction_store(cube: OpenedCube, url: str, jobs: Sequence[Any], chu
         If an existing variable has another shape than the cube's grid gives.
     """
     height, width = cube.info.height, cube.info.width
-    options = dict(cube.storage_options) or None
+    options = dict(cube.storage_options)
 
     try:
-        existing = zarr.open_group(url, mode="r", storage_options=options)
+        existing = zarr.open_group(zarr_store(url, "r", storage_options=options), mode="r")
         present = {name: existing[name].shape for name in existing.array_keys()}
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         present = None
@@ -159,13 +156,11 @@ def create_prediction_store(cube: OpenedCube, url: str, jobs: Sequence[Any], chu
             for name in variables:
                 dataset[name].attrs["grid_mapping"] = "spatial_ref"
         mode = "w-" if present is None else "a"
-        dataset.to_zarr(
-            url, mode=mode, compute=False, zarr_format=3, encoding=encoding,
-            storage_options=options, consolidated=False,
-        )
+        store = zarr_store(url, "w" if present is None else "r+", storage_options=options)
+        dataset.to_zarr(store, mode=mode, compute=False, zarr_format=3, encoding=encoding, consolidated=False)
         logger.info("created %s in prediction store %s", ", ".join(variables), url)
 
-    group = zarr.open_group(url, mode="r+", storage_options=options)
+    group = zarr.open_group(zarr_store(url, "r+", storage_options=options), mode="r+")
     for job in jobs:
         for name in _variables(job, height, width, chunk_px):
             group[name].attrs.update(_attributes(job))

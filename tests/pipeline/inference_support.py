@@ -105,6 +105,10 @@ class PointwiseCard:
     weight: tuple[tuple[float, ...], ...] = ((4.0, -2.0, 1.0, -3.0), (-1.0, 3.0, -2.0, 2.0), (0.5, 0.5, 2.0, -1.0))
     bias: tuple[float, ...] = (0.1, -0.2, 0.0)
 
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.classes)
+
     def fingerprint(self) -> str:
         return hashlib.sha256(repr(self).encode()).hexdigest()
 
@@ -152,6 +156,10 @@ class TinyViTCard:
     load_delay_s: float = 0.0
     call_delay_s: float = 0.0
     call_log: str | None = None
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.classes)
 
     def fingerprint(self) -> str:
         return hashlib.sha256(repr(self).encode()).hexdigest()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+from pathlib import Path
 
 import distributed
 import numpy as np
@@ -18,6 +19,8 @@ import torch
 import xarray as xr
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
 
+import pipeline.model
+from pipeline.model import load_card
 from inference_support import PointwiseCard, TinyViTCard, pointwise_logits, scene_values, write_cube
 from pipeline import layout, model_cache
 from pipeline.blocks import LOGIT_LIMIT, LOGIT_SCALE
@@ -277,6 +280,29 @@ def test_job_survives_killed_worker(gpu_client, cube, reference, tmp_path):
     result = _read(str(tmp_path / "obs-1.zarr"))
     for name in OUTPUTS:
         assert np.array_equal(result[name], reference[name]), name
+
+
+def test_real_card_same_bytes_across_splits(client, tmp_path):
+    # The tiny FlexiMo card shipped with the package, 12 Sentinel-2 bands, patch 4 px: tiles of 64 px.
+    card_path = Path(pipeline.model.__file__).parent / "cards" / "tiny_landcover_seeded.yaml"
+    wavelengths = tuple(load_card(card_path).wavelengths_um)
+    values = scene_values(100, 140, bands=len(wavelengths), seed=5)
+    values[:, 70:, 100:] = layout.REFLECTANCE_FILL
+    cube = write_cube(tmp_path / "s2.zarr", values, chunk_px=32, wavelengths_um=wavelengths)
+
+    results = []
+    for block_px in (256, 64):
+        options = InferenceOptions(overlap_px=16, block_px=block_px, chunk_px=32, batch_size=3, patch_size_override=4)
+        report = run_inference(client, cube, str(tmp_path / f"pred{block_px}.zarr"), [str(card_path)], options)
+        assert (report.cards[0].patch_px, report.cards[0].tile_px) == (4, 64)
+        assert report.cards[0].card == "tiny-landcover-seeded"
+        results.append(_read(str(tmp_path / f"pred{block_px}.zarr")))
+
+    assert results[0][layout.LANDCOVER_PROBABILITY_VAR].shape == (10, 100, 140)
+    for name in OUTPUTS:
+        assert np.array_equal(results[0][name], results[1][name]), name
+    assert np.all(results[0][layout.LANDCOVER_VAR][70:, 100:] == 255)
+    assert np.all(results[0][layout.LANDCOVER_VAR][:70, :100] < 10)
 
 
 def test_missing_cube_rejected(client, tmp_path):
