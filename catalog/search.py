@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 PAGE_SIZE = 100
+PAGING_ATTEMPTS = 2
 
 
 class StacApiError(RuntimeError):
@@ -200,8 +201,19 @@ def _search_api(
     stop_after = parameters.limit if (server_orders and server_filters_cloud) else None
     page_size = min(page_size, stop_after) if stop_after else page_size
 
-    search = client.search(limit=page_size, **{k: v for k, v in arguments.items() if v is not None})
-    unique, matched, duplicates, exhausted = _collect_pages(search, search_url, stop_after, max_retries)
+    unique: dict[str, dict[str, Any]] = {}
+    for attempt in range(1, PAGING_ATTEMPTS + 1):
+        search = client.search(limit=page_size, **{k: v for k, v in arguments.items() if v is not None})
+        found, matched, duplicates, exhausted = _collect_pages(search, search_url, stop_after, max_retries)
+        # Items that moved between pages during one pass can show up in the next.
+        unique = {**found, **{k: v for k, v in unique.items() if k not in found}}
+        short = exhausted and matched is not None and len(unique) < matched
+        if not short or attempt == PAGING_ATTEMPTS:
+            break
+        logger.warning(
+            "%s matched %d items but paging returned %d unique ones; paging again (attempt %d of %d)",
+            search_url, matched, len(unique), attempt + 1, PAGING_ATTEMPTS,
+        )
     _check_count(search_url, unique, matched, duplicates, exhausted, stop_after)
 
     within_cloud_cover = [item for item in unique.values() if parameters.matches_cloud_cover(item)]
@@ -254,8 +266,9 @@ def _check_count(
     if len(unique) < matched:
         raise StacApiError(
             f"STAC API search at {search_url} matched {matched} items but paging returned only "
-            f"{len(unique)} unique items ({duplicates} duplicates dropped): the server lost items "
-            "between pages; retry the search, or narrow it (shorter time range, smaller area)",
+            f"{len(unique)} unique items after {PAGING_ATTEMPTS} passes ({duplicates} duplicates dropped "
+            "in the last): the server lost items between pages; retry later, or narrow the search "
+            "(shorter time range, smaller area)",
             url=search_url,
         )
     if len(unique) > matched:

@@ -28,7 +28,9 @@ class Script:
     response after ``slow_s`` seconds) of the first requests. With
     ``fail_always`` every request fails with that status, with
     ``fail_searches`` every search request (the landing page still works). ``pages`` are the feature lists
-    of successive search pages; ``number_matched`` is reported on each page.
+    of successive search pages; each further pass from the first page serves
+    the next entry of ``later_passes`` instead, while there is one.
+    ``number_matched`` is reported on each page.
     """
 
     failures: list[int | str] = field(default_factory=list)
@@ -36,9 +38,11 @@ class Script:
     fail_searches: int | None = None
     slow_s: float = 1.0
     pages: list[list[dict[str, Any]]] = field(default_factory=list)
+    later_passes: list[list[list[dict[str, Any]]]] = field(default_factory=list)
     number_matched: int | None = None
     conforms_to: list[str] = field(default_factory=lambda: [CORE, ITEM_SEARCH])
     requests: list[tuple[str, str, dict[str, Any] | None]] = field(default_factory=list)
+    passes_started: int = 0
 
 
 def make_item(item_id: str, cloud_cover: float | None = 10.0) -> dict[str, Any]:
@@ -115,6 +119,11 @@ def _handler(script: Script, base_url: list[str]) -> type[BaseHTTPRequestHandler
             if self._scripted_failure():
                 return
             page = int(body.get("token", 0))
+            if page == 0:
+                with lock:
+                    if script.passes_started and script.later_passes:
+                        script.pages = script.later_passes.pop(0)
+                    script.passes_started += 1
             features = script.pages[page] if page < len(script.pages) else []
             links = []
             if page + 1 < len(script.pages):

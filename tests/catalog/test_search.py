@@ -173,8 +173,23 @@ def test_items_lost_while_paging_raise():
     pages = [[make_item("a"), make_item("b"), make_item("c")], [make_item("c"), make_item("d"), make_item("e")]]
     script = Script(pages=pages, number_matched=6)
     with scripted_stac_api(script) as url:
-        with pytest.raises(StacApiError, match="matched 6 items but paging returned only 5 unique items"):
+        with pytest.raises(StacApiError, match="matched 6 items but paging returned only 5 unique items after 2 passes"):
             search_items(url, **FAST_RETRIES)
+
+    assert script.passes_started == 2
+
+
+def test_items_lost_in_one_pass_recovered(caplog):
+    # First pass: item "c" shifts between pages and is missed; the second pass sees it.
+    first = [[make_item("a"), make_item("b")], [make_item("d"), make_item("e")]]
+    second = [[make_item("a"), make_item("c")], [make_item("b"), make_item("d"), make_item("e")]]
+    script = Script(pages=first, later_passes=[second], number_matched=5)
+    with scripted_stac_api(script) as url, caplog.at_level(logging.WARNING, logger="catalog.search"):
+        items = search_items(url, **FAST_RETRIES)
+
+    assert sorted(item.id for item in items) == ["a", "b", "c", "d", "e"]
+    assert script.passes_started == 2
+    assert "paging again" in caplog.text
 
 
 def test_query_fallback_and_client_side_cloud_check():
