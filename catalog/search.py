@@ -96,7 +96,7 @@ def search_items(
     StacApiError
         When a request still fails after the retries (the message names the
         URL and the HTTP status), or when paging returned fewer unique items
-        than the server said it matched.
+        than the server reported as matched.
     ValueError
         On invalid parameters or an unknown preset.
     """

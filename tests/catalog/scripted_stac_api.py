@@ -27,10 +27,10 @@ class Script:
     ``failures`` lists, in order, the HTTP statuses (or ``"slow"`` for a
     response after ``slow_s`` seconds) of the first requests. With
     ``fail_always`` every request fails with that status, with
-    ``fail_searches`` every search request (the landing page still works). ``pages`` are the feature lists
-    of successive search pages; each further pass from the first page serves
-    the next entry of ``later_passes`` instead, while there is one.
-    ``number_matched`` is reported on each page.
+    ``fail_searches`` every search request (the landing page still works).
+    ``pages`` are the feature lists of successive search pages. Each further
+    pass from the first page serves the next entry of ``later_passes``
+    instead, while there is one. ``number_matched`` is reported on each page.
     """
 
     failures: list[int | str] = field(default_factory=list)

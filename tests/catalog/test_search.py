@@ -180,7 +180,7 @@ def test_items_lost_while_paging_raise():
 
 
 def test_items_lost_in_one_pass_recovered(caplog):
-    # First pass: item "c" shifts between pages and is missed; the second pass sees it.
+    # In the first pass item "c" shifts between pages and is missed; the second pass returns it.
     first = [[make_item("a"), make_item("b")], [make_item("d"), make_item("e")]]
     second = [[make_item("a"), make_item("c")], [make_item("b"), make_item("d"), make_item("e")]]
     script = Script(pages=first, later_passes=[second], number_matched=5)
