@@ -136,6 +136,8 @@ class SlurmProfile(_ProfileBase):
     log_directory: str | None = None
     python: str | None = None
     """Python on the compute nodes; defaults to the one running the scheduler."""
+    scheduler_options: dict[str, Any] = Field(default_factory=dict)
+    """Arguments of the scheduler started here, e.g. ``{"dashboard_address": ":8787"}``."""
     start_timeout_s: float = Field(default=1800.0, gt=0)
 
     @property

@@ -114,4 +114,4 @@ def create_slurm_cluster(profile: SlurmProfile) -> SpecCluster:
         profile.cores_per_job,
         profile.gpus_per_job,
     )
-    return jobqueue.SLURMCluster(**slurm_cluster_arguments(profile))
+    return jobqueue.SLURMCluster(scheduler_options=dict(profile.scheduler_options), **slurm_cluster_arguments(profile))

@@ -1,14 +1,16 @@
-"""Task functions for the address-profile tests.
+"""Task functions for tests whose scheduler or workers run in other processes.
 
-A standalone scheduler unpickles task graphs, so these functions live in a
-module that the test's scheduler and worker processes import through
-``PYTHONPATH`` rather than in the test module itself.
+A standalone scheduler unpickles task graphs and a worker started from a
+batch script imports task functions by name. So these functions live in a
+module that those processes import through ``PYTHONPATH``, not in a test module.
 """
 
 import os
 
 import torch
 from distributed import get_worker
+
+from cluster import torch_threads_for_worker
 
 
 def read_variable(name: str) -> str | None:
@@ -23,3 +25,15 @@ def run_small_model(seed: int) -> tuple[str, list[int]]:
     with torch.no_grad():
         logits = model(torch.rand(2, 4, 32, 32))
     return get_worker().address, list(logits.shape)
+
+
+def read_worker_settings() -> dict:
+    """Return the worker's thread count and the settings its environment carries."""
+    worker = get_worker()
+    return {
+        "nthreads": worker.state.nthreads,
+        "cores": os.environ.get("FLEXIMO_WORKER_CORES"),
+        "omp": os.environ.get("OMP_NUM_THREADS"),
+        "readdir": os.environ.get("GDAL_DISABLE_READDIR_ON_OPEN"),
+        "torch_threads": torch_threads_for_worker(worker),
+    }

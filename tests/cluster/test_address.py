@@ -118,9 +118,6 @@ def write_cube(path: Path) -> str:
     return str(path)
 
 
-# TODO: remove the mark once the prediction store writes model-card classes
-# as plain values; today creating it raises TypeError on ClassInfo objects.
-@pytest.mark.xfail(raises=TypeError, strict=True, reason="prediction store attrs reject ClassInfo")
 def test_model_tasks_only_on_gpu_worker(scheduler_address, tmp_path):
     from pipeline.inference import InferenceOptions, run_inference
 
