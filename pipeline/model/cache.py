@@ -29,7 +29,7 @@ class TensorCache(Generic[Value]):
     """LRU mapping from hashable keys to values, safe to share between threads.
 
     A miss computes the value outside the lock, so two threads may compute
-    the same entry at once; the first stored value wins and both get it.
+    the same entry at once. The first stored value wins and both get it.
     """
 
     def __init__(self, max_entries: int) -> None:
@@ -51,6 +51,13 @@ class TensorCache(Generic[Value]):
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
         return value
+
+    def __getstate__(self) -> dict[str, object]:
+        # Copies and pickles of a model start with an empty cache and a new lock.
+        return {"max_entries": self.max_entries}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__(state["max_entries"])  # type: ignore[misc]
 
     def clear(self) -> None:
         """Remove every entry."""

@@ -1,9 +1,9 @@
 """Model cards: what the pipeline must know about a checkpoint, in YAML beside it.
 
 A card records the task, the classes with names and colours, the
-architecture, where the weights are, the bands and input scaling the weights
-were trained with, and the reference GSD, patch size and token grid that
-choose the patch size for other sensors.
+architecture and where the weights are. It also records the bands and input
+scaling the weights were trained with, and the reference GSD, patch size and
+token grid from which the pipeline chooses the patch size for other sensors.
 """
 
 from __future__ import annotations
@@ -163,16 +163,16 @@ class ModelCard(BaseModel):
         for field in ("head", "num_classes", "embed_dim", "depth"):
             if getattr(config, field) != getattr(expected, field):
                 raise ModelCardError(
-                    f"Model card {self.name!r} says {field}={getattr(expected, field)!r}, but the checkpoint "
+                    f"Model card {self.name!r} specifies {field}={getattr(expected, field)!r}, but the checkpoint "
                     f"has {field}={getattr(config, field)!r}; fix the card's architecture or classes."
                 )
 
     def prepare_input(self, reflectance: torch.Tensor, wavelengths_um: Sequence[float]) -> torch.Tensor:
         """Convert reflectance ``(B, C, H, W)`` (0-1 float) to the input space of the weights.
 
-        Bands are matched to the card's statistics by wavelength; a band the
-        card has no statistics for takes those of the nearest wavelength,
-        with a :class:`~pipeline.warnings.FleximoWarning`.
+        Bands are matched to the card's statistics by wavelength. A band the
+        card has no statistics for takes those of the nearest wavelength, with
+        a :class:`~pipeline.warnings.FleximoWarning`.
         """
         validate_wavelengths(wavelengths_um, reflectance.shape[1] if reflectance.dim() == 4 else None)
         if reflectance.dim() != 4:

@@ -56,7 +56,7 @@ def read_state_dict(path: str | Path, *, map_location: str | torch.device = "cpu
     FileNotFoundError
         If ``path`` does not exist.
     CheckpointError
-        If the file holds no state dict.
+        If the file contains no state dict.
     """
     path = Path(path)
     if not path.is_file():
@@ -91,7 +91,7 @@ def unwrap_container(loaded: object, *, source: str = "checkpoint") -> dict[str,
         current = inner
     keys = sorted(map(str, loaded))[:10] if isinstance(loaded, Mapping) else []
     raise CheckpointError(
-        f"{source} holds no state dict: got {type(loaded).__name__} with keys {keys}; expected a mapping of "
+        f"{source} contains no state dict: got {type(loaded).__name__} with keys {keys}; expected a mapping of "
         f"parameter names to tensors, or a container with one under {list(CONTAINER_KEYS)}."
     )
 
@@ -235,7 +235,7 @@ def load_state_into(
     if allow_new_head and missing and all(key.startswith(head_prefixes) for key in missing):
         if any(key.startswith(head_prefixes) for key in state):
             raise CheckpointError(
-                f"{source} holds part of a {model.config.head} head but lacks {missing}; "
+                f"{source} contains part of a {model.config.head} head but is missing {missing}; "
                 "allow_new_head only replaces a head that is absent altogether."
             )
         new_head, missing = missing, []

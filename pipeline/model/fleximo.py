@@ -99,7 +99,6 @@ class FlexiMo(nn.Module):
         self.register_state_dict_post_hook(_strip_dense_head_prefix)
         self.register_load_state_dict_pre_hook(_add_dense_head_prefix)
 
-
     def position_embedding(self, grid: tuple[int, int], *, device: torch.device) -> torch.Tensor:
         """Return the float32 position embedding ``(1, 1 + h * w, D)`` for a token grid, cached."""
         if torch.is_grad_enabled() and self.pos_embed.requires_grad:

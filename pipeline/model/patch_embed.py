@@ -110,10 +110,10 @@ class _GeneratorEncoder(nn.Module):
 class TransformerWeightGenerator(nn.Module):
     """Generate per-band kernels and a bias from wavelength embeddings.
 
-    One transformer layer runs over ``[weight tokens; band tokens; bias
-    token]``; the band outputs plus the band embeddings go through
+    One transformer layer runs over ``[weight tokens, band tokens, bias
+    token]``. The band outputs plus the band embeddings go through
     ``fc_weight`` to one flattened ``s x s x D`` kernel per band, and the bias
-    token output through ``fc_bias`` to ``D``.
+    token output goes through ``fc_bias`` to ``D`` values.
     """
 
     def __init__(self, config: ModelConfig) -> None:

@@ -1,9 +1,9 @@
 """Named model configurations: the DOFA ViT sizes and a tiny one for tests.
 
 Every preset has a classifier form (``"vit_base"``) and a dense form with the
-upernet head (``"vit_base_upernet"``). The tiny preset matches the layout of
-the reference outputs (embed 64, depth 2, 4 heads, 14x14 position grid) and
-has a narrow decoder so that tests stay fast.
+upernet head (``"vit_base_upernet"``). The tiny preset (embed 64, depth 2,
+4 heads, 14x14 position grid, DOFA's full-size kernel generator) has a narrow
+decoder so that tests stay fast.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ The ViT's patch tokens, as a ``(B, D, h, w)`` map, feed four branches
 ``conv0`` .. ``conv3`` (1x1 conv, GroupNorm, GELU, transposed conv) that
 upsample by 16, 8, 4 and 2 and are ``c/8``, ``c/4``, ``c/2`` and ``c`` wide.
 A pyramid-pooling module on the coarsest branch and an FPN top-down path
-(``decoder.*``) fuse them at ``16 h x 16 w``; ``cls_seg`` (3x3 conv) gives
-class logits, which are resized bilinearly to the input tile's pixel size.
+(``decoder.*``) fuse them at ``16 h x 16 w``. Then ``cls_seg`` (3x3 conv)
+gives class logits, which are resized bilinearly to the input tile's size.
 
 NOTE: the parameter names (``conv0.0``, ``decoder.PPMHead.psp_modules.0.1``,
 ``decoder.Conv_fuse1``, ``decoder.fuse_all``, ``cls_seg.0``, ...) and the

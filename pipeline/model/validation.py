@@ -24,7 +24,7 @@ def token_grid(size_px: tuple[int, int], patch_size: int) -> tuple[int, int]:
 
 
 def validate_wavelengths(wavelengths_um: Sequence[float], num_channels: int | None = None) -> None:
-    """Raise ``ValueError`` unless ``wavelengths_um`` holds one plausible µm value per channel."""
+    """Raise ``ValueError`` unless ``wavelengths_um`` contains one plausible µm value per channel."""
     if isinstance(wavelengths_um, (str, bytes)) or not isinstance(wavelengths_um, Sequence | torch.Tensor):
         raise TypeError(
             f"wavelengths_um must be a sequence of floats in micrometres, got {type(wavelengths_um).__name__}."

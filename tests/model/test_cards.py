@@ -168,7 +168,7 @@ def test_card_beside_checkpoint_checked(tiny_upernet: FlexiMo, tmp_path: Path) -
     torch.save(tiny_upernet.state_dict(), checkpoint)  # 4 classes
     _write(tmp_path, _card_dict(weights="model.pth", seed=None), name="model.yaml")  # 10 classes
 
-    with pytest.raises(ModelCardError, match="num_classes=10.*num_classes=4"):
+    with pytest.raises(ModelCardError, match="specifies num_classes=10.*num_classes=4"):
         load_model(checkpoint)
 
 

@@ -145,7 +145,7 @@ def test_container_without_state_dict(tmp_path: Path) -> None:
     path = tmp_path / "empty.pth"
     torch.save({"epoch": 3, "config": {"lr": 0.1}}, path)
 
-    with pytest.raises(CheckpointError, match="holds no state dict.*'config', 'epoch'"):
+    with pytest.raises(CheckpointError, match="contains no state dict.*'config', 'epoch'"):
         load_model(path)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -195,3 +197,16 @@ def test_pos_embed_resize_keeps_cls_and_base_grid() -> None:
 def test_pos_embed_must_be_square_grid() -> None:
     with pytest.raises(ValueError, match="15 grid entries"):
         resize_pos_embed(torch.zeros(1, 16, 4), (4, 4))
+
+
+def test_copy_and_pickle_after_caching(tiny_upernet: FlexiMo) -> None:
+    x = _input(4, 64, 64)
+    with torch.no_grad():
+        expected = tiny_upernet(x, wavelengths_um=S2_WAVES[:4], patch_size=8)
+
+    copied = copy.deepcopy(tiny_upernet)
+    unpickled = pickle.loads(pickle.dumps(tiny_upernet))
+
+    with torch.no_grad():
+        torch.testing.assert_close(copied(x, wavelengths_um=S2_WAVES[:4], patch_size=8), expected, rtol=0, atol=0)
+        torch.testing.assert_close(unpickled(x, wavelengths_um=S2_WAVES[:4], patch_size=8), expected, rtol=0, atol=0)
