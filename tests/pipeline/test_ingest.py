@@ -9,6 +9,7 @@ from datetime import timedelta
 import numpy as np
 import pytest
 import rasterio
+import rasterio.warp
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
@@ -23,18 +24,17 @@ from pipeline.ingest import (
     write_input_cube,
 )
 from pipeline.stores import grid_of, open_dataset
+from pipeline.reading import NotGeoreferencedError
+from tests.pipeline.geotiffs import (
+    GF2_MSS_STEM,
+    footprint_of,
+    read_dn,
+    source_geobox,
+    write_decimated_gf2_delivery,
+    write_utm_scene,
+)
 
 S2_BAND_ORDER = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
-
-
-def read_dn(path) -> np.ndarray:
-    with rasterio.open(path) as src:
-        return src.read(1).astype(np.int64)
-
-
-def source_geobox(path) -> GeoBox:
-    with rasterio.open(path) as src:
-        return GeoBox(src.shape, src.transform, src.crs.to_wkt())
 
 
 def bilinear_upsample_2x(values: np.ndarray) -> np.ndarray:
@@ -55,9 +55,11 @@ def test_l1c_cube_layout(l1c_scene):
     assert reflectance.dims == ("band", "y", "x")
     assert reflectance.dtype == np.int16
     assert list(ds["band"].values) == S2_BAND_ORDER
-    assert ds[layout.WAVELENGTH_COORD].values.tolist() == [
-        0.443, 0.49, 0.56, 0.665, 0.705, 0.74, 0.783, 0.842, 0.865, 0.945, 1.375, 1.61, 2.19
-    ]
+    np.testing.assert_allclose(
+        ds[layout.WAVELENGTH_COORD].values,
+        [0.443, 0.49, 0.56, 0.665, 0.705, 0.74, 0.783, 0.842, 0.865, 0.945, 1.375, 1.61, 2.19],
+        atol=0.0015,
+    )
     assert reflectance.data.chunksize == (13, 512, 512)
     assert ds.attrs["gsd_m"] == 10.0
     assert ds.attrs["platform"] == "sentinel-2a"
@@ -298,3 +300,91 @@ def test_input_cube_written_by_cluster_workers(l1c_scene, cluster_client, s3_buc
     plain = xr.open_zarr(url, decode_coords="all", consolidated=False, storage_options=None if target == "local" else {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]})
     assert plain.rio.crs.to_epsg() == 32618
     assert tuple(plain.rio.transform())[:6] == tuple(geobox.affine)[:6]
+
+
+def test_scenes_across_utm_zones_share_one_grid(l1c_scene, tmp_path):
+    scenes = []
+    for index, (epsg, bbox, value) in enumerate([(32630, (-0.6, 45.0, 0.05, 45.3), 1000), (32631, (-0.05, 45.0, 0.6, 45.3), 2000)]):
+        path = tmp_path / f"zone{epsg}.tif"
+        write_utm_scene(path, epsg, bbox, value)
+        geometry, bbox_lonlat = footprint_of(path)
+        band = replace(l1c_scene.band("B04"), href=str(path), gsd_m=100.0, nodata=0)
+        scenes.append(
+            replace(
+                l1c_scene,
+                item_id=f"tile-{epsg}",
+                datetime_utc=l1c_scene.datetime_utc + timedelta(seconds=index),
+                geometry_json=geometry,
+                bbox_lonlat=bbox_lonlat,
+                epsg=epsg,
+                bands=(band,),
+            )
+        )
+    (observation,) = group_observations(scenes).values()
+    aoi = (-0.2, 45.05, 0.4, 45.25)  # centroid east of 0 degrees, in zone 31
+
+    geobox = plan_grid(observation, bbox_lonlat=aoi)
+    ds = load_observation(observation, geobox, chunk_px=256, resampling="nearest")
+
+    assert geobox.crs.epsg == 32631
+    stored = ds[layout.REFLECTANCE_VAR].values[0]
+    assert stored.shape == (geobox.height, geobox.width)
+    assert (stored != layout.REFLECTANCE_FILL).all()
+    assert set(np.unique(stored).tolist()) == {1000, 2000}
+    west_column = geobox.width // 10
+    east_column = geobox.width - geobox.width // 10
+    assert (stored[:, west_column] == 1000).all()
+    assert (stored[:, east_column] == 2000).all()
+
+
+@pytest.fixture
+def gaofen_scene(tmp_path):
+    from catalog import describe_item
+    from catalog.gaofen import RadianceCalibration, build_gaofen_items
+    from tests.pipeline.conftest import DATA_DIR
+
+    gaofen_dir = DATA_DIR / "gaofen"
+    if not gaofen_dir.is_dir():
+        pytest.skip(f"real Gaofen metadata not found at {gaofen_dir}")
+    folder, values = write_decimated_gf2_delivery(gaofen_dir, tmp_path / "delivery", factor=20)
+    calibration = {"MSS": [RadianceCalibration(gain=0.2, bias=0.0, esun=1900.0)] * 4}
+    (item,) = build_gaofen_items([folder], tmp_path / "catalog", calibration=calibration)
+    return describe_item(item), folder, values
+
+
+def test_gaofen_l1a_placed_through_rpcs(gaofen_scene):
+    from rasterio.transform import RPCTransformer
+
+    scene, folder, values = gaofen_scene
+    geobox = plan_grid([scene], resolution_m=64)
+
+    ds = load_observation([scene], geobox, bands=["B1"], chunk_px=256, resampling="nearest")
+
+    assert not scene.map_projected
+    assert geobox.crs.epsg == 32615
+    stored = ds[layout.REFLECTANCE_VAR].values[0]
+    band = scene.band("B1")
+    with rasterio.open(folder / f"{GF2_MSS_STEM}.tiff") as src:
+        rpcs = src.rpcs
+    block_rows = np.arange(8, values.shape[0] - 8, 24)
+    block_columns = np.arange(8, values.shape[1] - 8, 24)
+    rows, columns = (grid.ravel() for grid in np.meshgrid(block_rows + 1, block_columns + 1, indexing="ij"))
+    with RPCTransformer(rpcs) as transformer:
+        lons, lats = transformer.xy(rows, columns, offset="lr")  # the centre of each 4 x 4 block
+    xs, ys = rasterio.warp.transform("EPSG:4326", "EPSG:32615", lons, lats)
+    grid_columns, grid_rows = ~geobox.affine * (np.asarray(xs), np.asarray(ys))
+    placed = stored[grid_rows.astype(int), grid_columns.astype(int)]
+    expected = encode_reflectance(values[rows, columns] * band.scale + band.offset)
+    np.testing.assert_array_equal(placed, expected)
+    assert (stored == layout.REFLECTANCE_FILL).any()
+
+
+def test_gaofen_l1a_without_rpcs_rejected(gaofen_scene):
+    scene, folder, _ = gaofen_scene
+    (folder / f"{GF2_MSS_STEM}.rpb").unlink()
+    geobox = plan_grid([scene], resolution_m=256)
+
+    ds = load_observation([scene], geobox, bands=["B1"], chunk_px=256)
+
+    with pytest.raises(NotGeoreferencedError, match="no map projection and no RPCs"):
+        ds[layout.REFLECTANCE_VAR].compute()
