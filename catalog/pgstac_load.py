@@ -14,7 +14,12 @@ logger = logging.getLogger(__name__)
 
 def collection_for_items(collection_id: str, items: Sequence[pystac.Item], description: str | None = None) -> dict[str, Any]:
     """Return a STAC collection whose extent covers ``items``."""
-    bounds = [shapely.geometry.shape(item.geometry).bounds for item in items if item.geometry]
+    # Declared bboxes are often rounded outwards, so they win over the geometry's exact bounds.
+    bounds = [
+        tuple(item.bbox) if item.bbox else shapely.geometry.shape(item.geometry).bounds
+        for item in items
+        if item.bbox or item.geometry
+    ]
     spatial = (
         [min(b[0] for b in bounds), min(b[1] for b in bounds), max(b[2] for b in bounds), max(b[3] for b in bounds)]
         if bounds else [-180.0, -90.0, 180.0, 90.0]
