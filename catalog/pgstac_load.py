@@ -16,7 +16,7 @@ def collection_for_items(collection_id: str, items: Sequence[pystac.Item], descr
     """Return a STAC collection whose extent covers ``items``."""
     # Declared bboxes are often rounded outwards, so they win over the geometry's exact bounds.
     bounds = [
-        tuple(item.bbox) if item.bbox else shapely.geometry.shape(item.geometry).bounds
+        _bbox_2d(item.bbox) if item.bbox else shapely.geometry.shape(item.geometry).bounds
         for item in items
         if item.bbox or item.geometry
     ]
@@ -39,6 +39,13 @@ def collection_for_items(collection_id: str, items: Sequence[pystac.Item], descr
         },
         "links": [],
     }
+
+
+def _bbox_2d(bbox: Sequence[float]) -> tuple[float, float, float, float]:
+    """Return (west, south, east, north) of a 2D or 3D STAC bbox."""
+    if len(bbox) == 6:
+        return bbox[0], bbox[1], bbox[3], bbox[4]
+    return bbox[0], bbox[1], bbox[2], bbox[3]
 
 
 def load_into_pgstac(
