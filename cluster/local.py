@@ -143,7 +143,7 @@ def _gpu_memory_limit(profile: LocalGPUProfile, n_gpus: int) -> int:
 def describe_local_gpu(profile: LocalGPUProfile) -> str:
     """Describe the worker layout of a ``local-gpu`` profile (one worker per GPU)."""
     devices = "all visible" if profile.devices is None else ",".join(map(str, profile.devices))
-    n_gpus = len(profile.devices) if profile.devices is not None else None
+    n_gpus = len(profile.devices) if profile.devices is not None else _visible_gpu_count()
     gpu_count = n_gpus if n_gpus is not None else "<number of GPUs>"
     worker_cores = max(1, CPU_COUNT // (n_gpus or 1))
     memory = (
@@ -205,6 +205,19 @@ def create_local_gpu_cluster(profile: LocalGPUProfile) -> LocalCluster:
             f"NVML failed with {error!r}. Check that `nvidia-smi` lists a GPU and that "
             "CUDA_VISIBLE_DEVICES is not empty, or run on CPU with the profile 'local'."
         ) from error
+
+
+def _visible_gpu_count() -> int | None:
+    """Return the number of GPUs NVML finds, or None where dask-cuda or a GPU is missing."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+
+    try:
+        return _count_gpus(pynvml)
+    except pynvml.NVMLError:
+        return None
 
 
 def _count_gpus(pynvml) -> int:

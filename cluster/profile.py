@@ -169,9 +169,10 @@ class SlurmProfile(_ProfileBase):
             option = directive.strip().split("=", 1)[0].split(" ", 1)[0]
             if option in _SLURM_MEMORY_OPTIONS:
                 raise ValueError(
-                    f"job_extra_directives contains {directive!r}, a second memory "
-                    "request; SLURM rejects scripts with more than one. Set the job's "
-                    "memory with memory_per_job and remove this directive"
+                    f"job_extra_directives contains {directive!r}, but the script already "
+                    "requests memory_per_job with --mem. SLURM rejects --mem together with "
+                    "--mem-per-cpu or --mem-per-gpu, and a second --mem replaces the first. "
+                    "Set the job's memory with memory_per_job and remove this directive"
                 )
             if option in _SLURM_GENERATED_OPTIONS:
                 raise ValueError(

@@ -22,7 +22,7 @@ from distributed import Client, get_task_stream
 
 from cluster_tasks import read_variable, run_small_model
 
-from cluster import GPUNotFoundError, gpu_workers, parse_profile, start_cluster
+from cluster import GPUNotFoundError, MissingBackendError, describe_profile, gpu_workers, parse_profile, start_cluster
 from pipeline import layout
 
 PROJECT_ROOT = Path(__file__).parents[2]
@@ -212,3 +212,36 @@ def test_unreachable_scheduler_times_out():
         with start_cluster(profile):
             pass
     assert time.monotonic() - started < 30
+
+
+def test_gateway_without_package_names_extra():
+    try:
+        import dask_gateway  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("dask-gateway is installed")
+    profile = parse_profile(
+        {"kind": "address", "gateway": {"address": "http://127.0.0.1:1", "workers": 2}}, name="gateway"
+    )
+
+    with pytest.raises(MissingBackendError, match=r"kind 'address' needs .*'dask_gateway'.*pip install 'fleximo-pipeline\[gateway\]'"):
+        with start_cluster(profile):
+            pass
+
+
+def test_describe_scheduler_address():
+    profile = parse_profile({"kind": "address", "address": "tcp://10.1.2.3:8786", "require_gpu": True}, name="site")
+
+    text = describe_profile(profile)
+
+    assert "connect to a running scheduler at tcp://10.1.2.3:8786" in text
+    assert "requires a GPU worker: yes" in text
+
+
+def test_describe_gateway():
+    profile = parse_profile(
+        {"kind": "address", "gateway": {"address": "https://gateway.example.org", "workers": 4}}, name="gw"
+    )
+
+    assert "Dask Gateway at https://gateway.example.org, a new cluster with 4 workers" in describe_profile(profile)

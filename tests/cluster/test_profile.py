@@ -134,7 +134,7 @@ def test_zero_workers_rejected():
 
 @pytest.mark.parametrize("directive", ["--mem=64G", "--mem-per-gpu 40G", "--mem-per-cpu=4G"])
 def test_slurm_second_memory_directive_rejected(directive):
-    with pytest.raises(ProfileError, match="a second memory request.*memory_per_job"):
+    with pytest.raises(ProfileError, match="already requests memory_per_job with --mem"):
         parse_profile({**SLURM_FIELDS, "job_extra_directives": [directive]})
 
 
