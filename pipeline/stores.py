@@ -256,8 +256,12 @@ def prepare_encoding(ds: xr.Dataset, chunks: Mapping[str, int] | None = None) ->
     ds = ds.copy()
     for name, variable in ds.data_vars.items():
         fill = _fill_value_of(variable, name)
+        # _FillValue stays a plain attribute for CF readers. Given as an
+        # encoding instead, xarray would run its masking encoder over every
+        # chunk, which copies each chunk twice although the values are final.
         attrs = {key: value for key, value in variable.attrs.items() if key not in ("_FillValue", "dtype")}
-        encoding: dict[str, Any] = {"_FillValue": fill, "fill_value": fill, "dtype": variable.dtype}
+        attrs["_FillValue"] = fill
+        encoding: dict[str, Any] = {"fill_value": fill}
         if "grid_mapping" in variable.encoding:
             encoding["grid_mapping"] = variable.encoding["grid_mapping"]
         if chunks is not None:

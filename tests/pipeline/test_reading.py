@@ -17,6 +17,7 @@ from pipeline.reading import (
     AssetReadError,
     NotGeoreferencedError,
     RetryPolicy,
+    check_scenes,
     gdal_path,
     is_transient,
     read_band,
@@ -172,3 +173,40 @@ def _band(name: str):
     from catalog.scene import BandInfo
 
     return BandInfo(name=name, asset_key=name, href="", wavelength_um=0.5, gsd_m=10.0)
+
+
+def test_check_scenes_skips_unreadable_scene(l1c_scene, file_server):
+    good = served_scene(l1c_scene, file_server, ["B02", "B05"])
+    broken_bands = (good.band("B02"), replace(good.band("B05"), href=file_server.url("gone.tif")))
+    broken = replace(l1c_scene, item_id="broken", bands=broken_bands)
+
+    kept, skipped = check_scenes([broken, good], on_error="skip", retry=FAST_RETRY)
+
+    assert kept == [good]
+    assert len(skipped) == 1
+    assert skipped[0].item_id == "broken"
+    assert skipped[0].href == file_server.url("gone.tif")
+    assert "404" in skipped[0].reason
+    assert skipped[0].to_dict() == {"item_id": "broken", "href": file_server.url("gone.tif"), "reason": skipped[0].reason}
+
+
+def test_check_scenes_raises_by_default(l1c_scene, file_server):
+    broken = replace(l1c_scene, bands=(replace(l1c_scene.band("B02"), href=file_server.url("gone.tif")),))
+
+    with pytest.raises(AssetReadError, match=r"gone\.tif"):
+        check_scenes([broken], retry=FAST_RETRY)
+
+
+def test_check_scenes_retries_transient_failures(l1c_scene, file_server):
+    scene = served_scene(l1c_scene, file_server, ["B03"])
+    file_server.fail_next("B03.tif", 2)
+
+    kept, skipped = check_scenes([scene], on_error="skip", retry=FAST_RETRY)
+
+    assert kept == [scene]
+    assert skipped == []
+
+
+def test_check_scenes_rejects_unknown_mode(l1c_scene):
+    with pytest.raises(ValueError, match="on_error must be 'raise' or 'skip'"):
+        check_scenes([l1c_scene], on_error="ignore")
