@@ -127,6 +127,7 @@ def create_kubernetes_cluster(profile: KubernetesProfile) -> Cluster:
     MissingBackendError
         If dask-kubernetes is not installed (extra ``kubernetes``).
     """
+    # NOTE: the tests build the spec but never start it on a Kubernetes cluster.
     operator = import_backend("dask_kubernetes.operator", "kubernetes", profile_kind="kubernetes")
     logger.info(
         "creating DaskCluster %r: %d-%d workers with %d GPUs each",

@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 
 # dask-cuda's worker command starts one worker per GPU of the job and pins each
 # to its device through CUDA_VISIBLE_DEVICES; jobqueue runs it as `python -m`.
+# NOTE: the tests run batch scripts of CPU jobs only; this GPU command is untested.
 _GPU_WORKER_COMMAND = "dask_cuda.cli"
 _CPU_WORKER_COMMAND = "distributed.cli.dask_worker"
 

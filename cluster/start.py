@@ -12,12 +12,8 @@ from distributed.deploy import Cluster
 from cluster.address import connect_address, describe_address
 from cluster.gpu import GPUNotFoundError, check_gpu_workers, gpu_workers
 from cluster.kubernetes import create_kubernetes_cluster, describe_kubernetes
-from cluster.local import (
-    create_local_cluster,
-    create_local_gpu_cluster,
-    describe_local,
-    describe_local_gpu,
-)
+from cluster.local import create_local_cluster, describe_local
+from cluster.local_gpu import create_local_gpu_cluster, describe_local_gpu
 from cluster.profile import (
     AddressProfile,
     ClusterProfile,

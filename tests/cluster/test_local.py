@@ -9,8 +9,6 @@ from dask.system import CPU_COUNT
 from distributed import get_worker
 
 from cluster import (
-    GPUNotFoundError,
-    MissingBackendError,
     WORKER_CORES_VARIABLE,
     describe_profile,
     gpu_workers,
@@ -169,33 +167,3 @@ def test_invalid_worker_cores_rejected():
         future = client.submit(report_worker, pure=False)
         with pytest.raises(ValueError, match=f"{WORKER_CORES_VARIABLE}='many' on worker .* is not a positive integer"):
             future.result()
-
-
-def _machine_has_nvidia_gpu() -> bool:
-    return any(os.path.exists(f"/dev/nvidia{index}") for index in range(8))
-
-
-def test_local_gpu_without_gpu_fails_fast():
-    pytest.importorskip("dask_cuda", reason="dask-cuda (extra gpu) is not installed")
-    if _machine_has_nvidia_gpu():
-        pytest.skip("this machine has an NVIDIA GPU, so local-gpu would start")
-
-    with pytest.raises(GPUNotFoundError, match=r"'local-gpu' \(kind local-gpu\) found no usable NVIDIA GPU.*profile 'local'"):
-        with start_cluster(load_profile("local-gpu")):
-            pass
-
-
-def test_local_gpu_without_dask_cuda_names_extra(monkeypatch):
-    monkeypatch.setitem(sys.modules, "dask_cuda", None)
-
-    with pytest.raises(MissingBackendError, match=r"pip install 'fleximo-pipeline\[gpu\]'"):
-        with start_cluster(load_profile("local-gpu")):
-            pass
-
-
-def test_describe_local_gpu():
-    text = describe_profile(parse_profile({"kind": "local-gpu", "devices": [0, 2], "memory_limit": "32GiB"}, name="two"))
-
-    assert "GPUs: 0,2 (CUDA_VISIBLE_DEVICES), one worker per GPU" in text
-    assert "workers: 2 x 2 threads, memory limit 32.00 GiB each" in text
-    assert "worker resources: GPU=1" in text
