@@ -42,7 +42,7 @@ def plan_grid(
     Parameters
     ----------
     scenes
-        Scenes the job will load; their footprints bound the grid.
+        Scenes the job will load. Their footprints bound the grid.
     bbox_lonlat
         Area of interest ``(west, south, east, north)`` in EPSG:4326 degrees.
         ``None`` uses the union of the scene footprints.
@@ -66,7 +66,7 @@ def plan_grid(
         the resolution is not positive, or the CRS is not projected in metres.
     """
     if not scenes:
-        raise ValueError("plan_grid needs at least one scene; the catalog search returned none")
+        raise ValueError("plan_grid needs at least one scene, but the catalog search returned none; widen the search")
     if resolution_m is None:
         resolution_m = min(scene.finest_gsd_m for scene in scenes)
     if not (math.isfinite(resolution_m) and resolution_m > 0):
@@ -124,7 +124,7 @@ def _grid_crs(crs: str | int | None, area_lonlat: shapely.Geometry) -> CRS:
     if crs is None:
         centroid = area_lonlat.centroid
         grid_crs = CRS.utm(centroid.x, centroid.y)
-        logger.info("no CRS given; using %s, the UTM zone of the area's centroid", grid_crs)
+        logger.info("no CRS given, so the grid uses %s, the UTM zone of the area's centroid", grid_crs)
     else:
         grid_crs = CRS(f"EPSG:{crs}" if isinstance(crs, int) else crs)
 
@@ -136,26 +136,25 @@ def _grid_crs(crs: str | int | None, area_lonlat: shapely.Geometry) -> CRS:
     return grid_crs
 
 
-def _union_in_crs(scenes: Sequence[SceneDescription], grid_crs: CRS) -> Geometry:
-    """Union of the scene footprints in ``grid_crs``.
+def footprint_in_crs(scene: SceneDescription, crs: CRS) -> Geometry:
+    """Return the footprint of ``scene`` in ``crs``.
 
     A footprint's edges are straight in the scene's native CRS (a Sentinel-2
     tile is a UTM rectangle), so its vertices go to the native CRS unchanged
-    and the edges are densified there. That keeps a scene already in
-    ``grid_crs`` exact to the metre, so its grid gains no extra row or column.
+    and the edges are densified there. That keeps a scene already in ``crs``
+    exact to the metre, so its grid gains no extra row or column.
     """
-    parts = []
-    for scene in scenes:
-        footprint = Geometry(_footprint_lonlat(scene), crs=LONLAT)
-        if scene.epsg is not None and scene.map_projected:
-            native = footprint.to_crs(f"EPSG:{scene.epsg}")
-            parts.append(native if native.crs == grid_crs else native.to_crs(grid_crs, resolution=DENSIFY_M))
-        else:
-            parts.append(footprint.to_crs(grid_crs, resolution=DENSIFY_DEG))
+    footprint = Geometry(_footprint_lonlat(scene), crs=LONLAT)
+    if scene.epsg is not None and scene.map_projected:
+        native = footprint.to_crs(f"EPSG:{scene.epsg}")
+        return native if native.crs == crs else native.to_crs(crs, resolution=DENSIFY_M)
+    return footprint.to_crs(crs, resolution=DENSIFY_DEG)
 
-    union = parts[0]
-    for part in parts[1:]:
-        union = union.union(part)
+
+def _union_in_crs(scenes: Sequence[SceneDescription], grid_crs: CRS) -> Geometry:
+    union = footprint_in_crs(scenes[0], grid_crs)
+    for scene in scenes[1:]:
+        union = union.union(footprint_in_crs(scene, grid_crs))
     return union
 
 

@@ -1,7 +1,7 @@
 """Scenes -> lazy dask cube on the job grid -> Zarr v3 input cube.
 
 One observation is the set of scenes of one sensor and collection taken in
-one satellite pass (tiles of the same orbit); :func:`load_observation` merges
+one satellite pass (tiles of the same orbit). :func:`load_observation` merges
 them first-valid-wins onto the job grid, one dask task per block.
 
 Why not ``odc.stac.load``: the pipeline's scenes are
@@ -32,6 +32,7 @@ from odc.geo.geobox import GeoBox
 
 from catalog.scene import BandInfo, SceneDescription
 from pipeline import layout
+from pipeline.grid import footprint_in_crs
 from pipeline.observations import SAME_PASS_GAP, group_observations, observation_id_of
 from pipeline.reading import ResamplingName, RetryPolicy, SkippedScene, check_scenes, read_band
 from pipeline.stores import prepare_encoding, set_grid_metadata, zarr_store
@@ -40,18 +41,31 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class _BlockRequest:
-    """What one block task reads: small, frozen, and the same on every worker."""
+    """Inputs of one block task: small, frozen, and tokenized the same on every worker."""
 
     bands: tuple[str, ...]
     scenes: tuple[SceneDescription, ...]
+    # (left, bottom, right, top) of each scene's footprint in the grid CRS,
+    # widened by a margin for the resampling kernel, to skip scenes a block misses.
+    scene_bounds: tuple[tuple[float, float, float, float], ...]
     geobox: GeoBox
     resampling: ResamplingName
     retry: RetryPolicy
+
+    def scenes_overlapping(self, block: GeoBox) -> list[SceneDescription]:
+        """Scenes whose footprint bounds overlap ``block``, in merge order."""
+        left, bottom, right, top = block.extent.boundingbox.bbox
+        return [
+            scene
+            for scene, (scene_left, scene_bottom, scene_right, scene_top) in zip(self.scenes, self.scene_bounds, strict=True)
+            if scene_left < right and left < scene_right and scene_bottom < top and bottom < scene_top
+        ]
 
     def __dask_tokenize__(self) -> Any:
         return (
             self.bands,
             tuple((scene.item_id, tuple(dataclasses.astuple(band) for band in scene.bands)) for scene in self.scenes),
+            self.scene_bounds,
             self.geobox.crs.to_wkt(),
             tuple(self.geobox.affine[:6]),
             tuple(self.geobox.shape.yx),
@@ -61,7 +75,7 @@ class _BlockRequest:
 
 
 def encode_reflectance(reflectance: np.ndarray) -> np.ndarray:
-    """Encode float reflectance as layout int16 (x 10000); NaN becomes the fill value.
+    """Encode float reflectance as layout int16 (x 10000), with NaN as the fill value.
 
     Values beyond the int16 range (reflectance above 3.2767, such as
     saturated DN 65535 of L1C) are clipped to the largest valid value, never
@@ -86,7 +100,7 @@ def _read_reflectance_block(request: _BlockRequest, block_info: dict | None = No
     out = np.full((len(request.bands), *block.shape.yx), layout.REFLECTANCE_FILL, dtype=np.int16)
     for index, name in enumerate(request.bands):
         filled = np.zeros(block.shape.yx, dtype=bool)
-        for scene in request.scenes:
+        for scene in request.scenes_overlapping(block):
             band = scene.band(name)
             stored = read_band(band, block, resampling=request.resampling, retry=request.retry, sidecars=not scene.map_projected)
             take = ~np.isnan(stored)
@@ -119,7 +133,7 @@ def _read_classification_block(request: _BlockRequest, block_info: dict | None =
     (name,) = request.bands
     out = np.full(block.shape.yx, layout.CLASSIFICATION_FILL, dtype=np.uint8)
     filled = np.zeros(block.shape.yx, dtype=bool)
-    for scene in request.scenes:
+    for scene in request.scenes_overlapping(block):
         band = scene.band(name)
         stored = read_band(band, block, resampling=request.resampling, retry=request.retry, sidecars=not scene.map_projected)
         take = ~np.isnan(stored) & ~filled
@@ -127,7 +141,7 @@ def _read_classification_block(request: _BlockRequest, block_info: dict | None =
             values = stored[take]
             if values.min() < 0 or values.max() >= layout.CLASSIFICATION_FILL:
                 raise ValueError(
-                    f"band {name} of {band.href} holds class values outside 0..254 "
+                    f"band {name} of {band.href} contains class values outside 0..254 "
                     f"(min {values.min()}, max {values.max()}); categorical bands are stored as uint8 "
                     f"with {layout.CLASSIFICATION_FILL} as nodata"
                 )
@@ -198,15 +212,15 @@ def load_observation(
     Parameters
     ----------
     scenes
-        Scenes of one pass (one value of :func:`group_observations`); where
+        Scenes of one pass (one value of :func:`group_observations`). Where
         they overlap, the first scene with a valid pixel wins.
     geobox
         Job grid from :func:`pipeline.grid.plan_grid`.
     bands
-        Band names to load; ``None`` loads every reflectance and
+        Band names to load. ``None`` loads every reflectance and
         classification band of the first scene.
     chunk_px
-        Block size in pixels along y and x; one dask task reads one block.
+        Block size in pixels along y and x. One dask task reads one block.
     resampling
         Kernel for reflectance bands (``"bilinear"``, ``"cubic"``, ...).
         Classification bands always use nearest when upsampling and mode
@@ -230,8 +244,9 @@ def load_observation(
     reflectance_bands, classification_bands = _resolve_bands(scenes, bands)
     ordered = tuple(sorted(scenes, key=lambda scene: (scene.datetime_utc, scene.item_id)))
     chunks = (_axis_chunks(geobox.height, chunk_px), _axis_chunks(geobox.width, chunk_px))
+    bounds = _scene_bounds(ordered, geobox)
 
-    request = _BlockRequest(tuple(band.name for band in reflectance_bands), ordered, geobox, resampling, retry)
+    request = _BlockRequest(tuple(band.name for band in reflectance_bands), ordered, bounds, geobox, resampling, retry)
     reflectance = da.map_blocks(
         _read_reflectance_block,
         request,
@@ -250,7 +265,7 @@ def load_observation(
 
     for band in classification_bands:
         kernel: ResamplingName = "nearest" if abs(geobox.resolution.x) <= band.gsd_m else "mode"
-        class_request = _BlockRequest((band.name,), ordered, geobox, kernel, retry)
+        class_request = _BlockRequest((band.name,), ordered, bounds, geobox, kernel, retry)
         variables[band.name] = xr.DataArray(
             da.map_blocks(
                 _read_classification_block,
@@ -284,6 +299,21 @@ def load_observation(
     return set_grid_metadata(ds, geobox)
 
 
+def _scene_bounds(scenes: Sequence[SceneDescription], geobox: GeoBox) -> tuple[tuple[float, float, float, float], ...]:
+    bounds = []
+    for scene in scenes:
+        # The margin covers the widest kernel (cubic reaches 2 source pixels)
+        # at the scene's coarsest band and footprints drawn slightly inside the
+        # data. Level-1A footprints come from corner coordinates in the product
+        # metadata rather than from the RPCs, so they get 1 km more.
+        margin = 4 * max(band.gsd_m for band in scene.bands) + 2 * abs(geobox.resolution.x)
+        if not scene.map_projected:
+            margin += 1000.0
+        left, bottom, right, top = footprint_in_crs(scene, geobox.crs).boundingbox.bbox
+        bounds.append((left - margin, bottom - margin, right + margin, top + margin))
+    return tuple(bounds)
+
+
 def _axis_chunks(size: int, chunk_px: int) -> tuple[int, ...]:
     full, rest = divmod(size, chunk_px)
     return (chunk_px,) * full + ((rest,) if rest else ())
@@ -299,9 +329,9 @@ def write_input_cube(
     """Write an observation cube from :func:`load_observation` to a Zarr v3 store.
 
     The store's metadata and coordinates are written from the calling
-    process; the data chunks are computed and written by dask, on the
-    workers of ``client`` when one is given (each worker writes the blocks it
-    loads, nothing large passes through the scheduler).
+    process. Dask computes and writes the data chunks, on the workers of
+    ``client`` when one is given. Each worker then writes the blocks it loads,
+    so nothing large passes through the scheduler.
 
     Parameters
     ----------
@@ -311,9 +341,9 @@ def write_input_cube(
         Target store, usually ``join_url(root, layout.INPUTS_DIR, f"{observation_id}.zarr")``;
         an existing store there is replaced.
     client
-        ``distributed.Client`` to compute on; ``None`` uses dask's current scheduler.
+        ``distributed.Client`` to compute on. ``None`` uses dask's current scheduler.
     storage_options
-        fsspec options for object storage; default from the environment.
+        fsspec options for object storage, by default from the environment.
 
     Returns
     -------

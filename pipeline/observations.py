@@ -1,6 +1,6 @@
 """Observations: the scenes of one sensor and collection taken in one satellite pass.
 
-Tiles of one pass are merged into one observation on the job grid; scenes of
+Tiles of one pass are merged into one observation on the job grid. Scenes of
 different passes, products or sensors stay separate observations.
 """
 
@@ -13,8 +13,8 @@ from datetime import timedelta
 from catalog.scene import SceneDescription
 
 # Scenes of one platform and collection closer in time than this belong to one
-# pass. Tiles along one orbit are seconds to minutes apart; the next orbit over
-# the same area comes about 100 minutes later.
+# pass. Tiles along one orbit are seconds to minutes apart, and the next orbit
+# over the same area comes about 100 minutes later (Sentinel-2's orbit period).
 SAME_PASS_GAP = timedelta(minutes=30)
 
 _UNSAFE_ID_CHARS = re.compile(r"[^a-z0-9._-]+")
@@ -37,7 +37,7 @@ def group_observations(scenes: Sequence[SceneDescription]) -> dict[str, list[Sce
 
     Scenes of one group that are less than :data:`SAME_PASS_GAP` apart (chained)
     form one pass. Within an observation, scenes are ordered by time then item
-    id; that order decides which scene wins where tiles overlap.
+    id, and that order decides which scene wins where tiles overlap.
 
     Returns
     -------

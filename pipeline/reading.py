@@ -6,7 +6,7 @@ GeoBox into a float32 array, NaN where the asset has no data. Assets that are
 not map-projected (Gaofen Level-1A) are placed through their RPCs.
 
 A read that still fails after the retries raises :class:`AssetReadError`
-naming the asset URL; it never returns an array of nodata.
+naming the asset URL, and never returns an array of nodata.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ GDAL_SIDECAR_OPTIONS = {**GDAL_READ_OPTIONS, "GDAL_DISABLE_READDIR_ON_OPEN": "FA
 
 
 class AssetReadError(OSError):
-    """An asset that could not be read; ``href`` names it."""
+    """An asset that could not be read, named by ``href``."""
 
     def __init__(self, message: str, href: str) -> None:
         super().__init__(message)
@@ -79,7 +79,7 @@ class RetryPolicy:
     attempts
         Total tries, the first included.
     backoff_s
-        Delay before the second try in seconds; it doubles on each later
+        Delay before the second try in seconds. It doubles on each later
         try, up to ``max_backoff_s``, with up to 25 % random jitter.
     """
 
@@ -142,7 +142,7 @@ def read_band(
         Retry policy for transient failures.
     sidecars
         Let GDAL look for sidecar files beside the asset (needed for RPCs in
-        ``.rpb`` files); off by default because each probe is a request.
+        ``.rpb`` files). Off by default because each probe is a request.
 
     Returns
     -------
@@ -228,7 +228,7 @@ def _gdal_options(href: str, sidecars: bool, fresh: bool) -> dict[str, str]:
     options = dict(GDAL_SIDECAR_OPTIONS if sidecars else GDAL_READ_OPTIONS)
     if fresh:
         # GDAL caches a remote file's size, existence and blocks across opens,
-        # failures included; a retry must not be answered from that cache.
+        # failures included, and a retry must bypass that cache.
         options["CPL_VSIL_CURL_NON_CACHED"] = gdal_path(href)
     return options
 
@@ -337,10 +337,10 @@ def check_scenes(
     scenes
         Scenes of the job.
     bands
-        Band names that will be loaded; ``None`` checks every reflectance and
+        Band names that will be loaded. ``None`` checks every reflectance and
         classification band, as ``pipeline.ingest.load_observation`` loads them.
     on_error
-        ``"raise"`` raises the first failure; ``"skip"`` leaves the scene out
+        ``"raise"`` raises the first failure. ``"skip"`` leaves the scene out
         and records it, so the caller can write it to the run manifest.
     retry
         Retry policy for transient failures.

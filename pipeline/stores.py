@@ -11,8 +11,8 @@ zarr directly, never through xarray's CF encoding, so the stored values are
 exactly the values given and a retried task rewrites the same bytes.
 
 Credentials for object storage come from the standard environment
-(``AWS_ACCESS_KEY_ID``, profiles, instance roles and so on) through the
-filesystem libraries; this module never reads, stores or logs them.
+(``AWS_ACCESS_KEY_ID``, profiles, instance roles and so on). The filesystem
+libraries read them, and this module never reads, stores or logs them.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def join_url(root: str, *parts: str) -> str:
     """Join path parts onto a local folder or an object-store URL.
 
     ``join_url("s3://bucket/run", "inputs", "a.zarr")`` returns
-    ``"s3://bucket/run/inputs/a.zarr"``; a local root is joined with the
+    ``"s3://bucket/run/inputs/a.zarr"``. A local root is joined with the
     platform's separator.
     """
     cleaned = [part.strip("/") for part in parts if part.strip("/")]
@@ -77,7 +77,7 @@ def storage_options_from_env(url: str) -> dict[str, Any]:
     Returns
     -------
     dict
-        Options for ``fsspec``/``s3fs``; empty for local paths and for
+        Options for ``fsspec``/``s3fs``, empty for local paths and for
         schemes whose libraries read their own environment (gs://, az://).
     """
     if not url.startswith(("s3://", "s3a://")):
@@ -138,7 +138,7 @@ def open_dataset(
     url
         Local folder or object-store URL of a Zarr v3 store.
     storage_options
-        fsspec options; default :func:`storage_options_from_env`.
+        fsspec options, by default from :func:`storage_options_from_env`.
     mask_and_scale
         ``False`` (default) returns the stored values and dtypes of the
         layout (for example int16 reflectance x 10000 with fill -32768);
@@ -274,8 +274,8 @@ def prepare_encoding(ds: xr.Dataset, chunks: Mapping[str, int] | None = None) ->
     for name in list(ds.coords):
         coordinate = ds[name]
         if coordinate.dtype.kind == "U":
-            # Zarr v3 specifies variable-length strings; fixed-width numpy
-            # strings have no Zarr v3 data type yet.
+            # Zarr v3 specifies variable-length strings, but fixed-width
+            # numpy strings have no Zarr v3 data type yet.
             ds = ds.assign_coords({name: coordinate.astype(object)})
         ds[name].encoding.pop("chunks", None)
         ds[name].encoding.pop("preferred_chunks", None)
@@ -302,7 +302,7 @@ def create_empty_store(
 ) -> str:
     """Create a Zarr v3 store with the template's variables, coordinates and grid, no data chunks.
 
-    Data variables may be lazy (dask) arrays; they are never computed. Every
+    Data variables may be lazy (dask) arrays, which are never computed. Every
     data variable needs a ``_FillValue`` (attrs or encoding): unwritten chunks
     read back as that value. Fill the store afterwards with
     :func:`write_region`.
@@ -314,9 +314,9 @@ def create_empty_store(
     template
         Dataset with the final shapes, dtypes, coordinates and attrs.
     chunks
-        Chunk size per dimension; default the template's dask chunks.
+        Chunk size per dimension, by default the template's dask chunks.
     overwrite
-        Replace an existing store; otherwise an existing store is an error.
+        Replace an existing store. Without it, an existing store is an error.
 
     Returns
     -------
@@ -350,12 +350,12 @@ def write_region(
     Parameters
     ----------
     ds
-        Variables whose sizes equal the region's; coordinates are ignored.
+        Variables whose sizes equal the region's. Coordinates are ignored.
     url
         Store created by :func:`create_empty_store` or a full write.
     region
         Integer slices per dimension, e.g. ``{"y": slice(0, 1024), "x":
-        slice(1024, 2048)}``; dimensions left out are written whole.
+        slice(1024, 2048)}``. Dimensions left out are written whole.
     compute
         ``False`` returns a dask ``Delayed`` for dask-backed data.
 

@@ -210,3 +210,25 @@ def test_check_scenes_retries_transient_failures(l1c_scene, file_server):
 def test_check_scenes_rejects_unknown_mode(l1c_scene):
     with pytest.raises(ValueError, match="on_error must be 'raise' or 'skip'"):
         check_scenes([l1c_scene], on_error="ignore")
+
+
+def test_blocks_skip_scenes_they_miss(l1c_scene, file_server):
+    import json
+
+    import shapely
+
+    near = served_scene(l1c_scene, file_server, ["B02"])
+    far_footprint = shapely.affinity.translate(shapely.geometry.shape(json.loads(near.geometry_json)), xoff=0.5)
+    far = replace(
+        near,
+        item_id="far",
+        geometry_json=json.dumps(shapely.geometry.mapping(far_footprint)),
+        bbox_lonlat=far_footprint.bounds,
+        bands=(replace(near.band("B02"), href=file_server.url("B02-far.tif")),),
+    )
+    geobox = plan_grid([near], resolution_m=20)
+
+    stored = load_observation([far, near], geobox, chunk_px=256, retry=FAST_RETRY)[layout.REFLECTANCE_VAR].values
+
+    assert (stored != layout.REFLECTANCE_FILL).all()
+    assert "B02-far.tif" not in [name for _, name, _ in file_server.requests()]
