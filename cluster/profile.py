@@ -38,6 +38,20 @@ def _parse_byte_size(value: Any) -> Any:
     return value
 
 
+def _environment_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(
+            f"environment value {value!r} is a YAML boolean; quote it, e.g. 'YES' or 'TRUE', "
+            "so the variable gets the text the program expects"
+        )
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value
+
+
+EnvironmentValue: TypeAlias = Annotated[str, BeforeValidator(_environment_value)]
+"""Environment variable value; YAML numbers become text, booleans must be quoted."""
+
 ByteSize: TypeAlias = Annotated[PositiveInt, BeforeValidator(_parse_byte_size)]
 """Size in bytes, written in YAML as ``16GiB``, ``64 GB``, ``32Gi`` or an integer."""
 
@@ -56,7 +70,7 @@ class _ProfileBase(BaseModel):
     name: str = ""
     """Profile name; ``load_profile`` fills it from the file name when empty."""
     description: str = ""
-    environment: dict[str, str] = Field(default_factory=dict)
+    environment: dict[str, EnvironmentValue] = Field(default_factory=dict)
     """Extra worker environment variables; they replace the defaults of the same name."""
     start_timeout_s: float = Field(default=120.0, gt=0)
     """Seconds to wait for the first worker (and its GPU check) at start."""

@@ -224,3 +224,20 @@ def test_bundled_profile_files_exist():
 def test_missing_kind_named():
     with pytest.raises(ProfileError, match=r"kind = None: invalid or missing profile kind"):
         parse_profile({"n_workers": 2})
+
+
+def test_environment_numbers_become_text(tmp_path):
+    path = tmp_path / "env.yaml"
+    path.write_text("kind: local\nenvironment:\n  GDAL_CACHEMAX: 512\n  AWS_REGION: eu-central-1\n")
+
+    profile = load_profile(path)
+
+    assert profile.environment == {"GDAL_CACHEMAX": "512", "AWS_REGION": "eu-central-1"}
+
+
+def test_environment_boolean_rejected(tmp_path):
+    path = tmp_path / "env.yaml"
+    path.write_text("kind: local\nenvironment:\n  GDAL_HTTP_MULTIRANGE: YES\n")
+
+    with pytest.raises(ProfileError, match=r"GDAL_HTTP_MULTIRANGE = True: .*YAML boolean; quote it"):
+        load_profile(path)
