@@ -109,13 +109,13 @@ def run(job_file: Path, dry_run: bool, resume: bool | None, cluster_profile: str
 @click.option("--sortby", default=None, help="e.g. +properties.eo:cloud_cover or -properties.datetime.")
 def search(source: str, collections: tuple[str, ...], bbox: tuple[float, float, float, float] | None, datetime_range: str | None, max_cloud: float | None, limit: int | None, sortby: str | None) -> None:
     """Search SOURCE (STAC API URL, preset name or local catalog folder) and list scenes."""
-    from catalog import describe_item, format_scene_table, search_items
+    from catalog import format_scene_table, search_items
 
     items = search_items(
         source, collections=list(collections) or None, bbox=bbox, datetime=datetime_range,
         max_cloud_cover=max_cloud, limit=limit, sortby=sortby,
     )
-    click.echo(format_scene_table([describe_item(item) for item in items]))
+    click.echo(format_scene_table(items))
 
 
 @cli.group("catalog")
@@ -130,16 +130,21 @@ def catalog_group() -> None:
 @click.option("--collection", default="local", show_default=True, help="Collection id of the items.")
 @click.option("--datetime", "acquired", default=None, help="Acquisition time (YYYY-MM-DD or RFC 3339) when the file names lack it.")
 @click.option("--offset", type=float, default=None, help="Reflectance offset of the files (Sentinel-2: 0 before baseline 04.00, -0.1 from it).")
+@click.option("--scale", type=float, default=None, help="Reflectance scale of the files (stored value x scale + offset), for sensors other than Sentinel-2.")
 @click.option("--gaofen", is_flag=True, help="SOURCES are GF-1/GF-2 Level-1A delivery folders.")
-def catalog_build(sources: tuple[Path, ...], out_dir: Path, sensor: str | None, collection: str, acquired: str | None, offset: float | None, gaofen: bool) -> None:
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Gaofen radiometric calibration coefficients (JSON).")
+def catalog_build(sources: tuple[Path, ...], out_dir: Path, sensor: str | None, collection: str, acquired: str | None, offset: float | None, scale: float | None, gaofen: bool, calibration: Path | None) -> None:
     """Turn local rasters (or Gaofen deliveries) into a local STAC catalog."""
-    from catalog import build_gaofen_items, build_local_catalog
+    from catalog import build_gaofen_items, build_local_catalog, read_calibration
 
     if gaofen:
-        items = build_gaofen_items(list(sources), out_dir)
+        coefficients = read_calibration(calibration) if calibration else None
+        items = build_gaofen_items(list(sources), out_dir, calibration=coefficients)
     else:
+        if calibration:
+            raise click.UsageError("--calibration applies to Gaofen deliveries; add --gaofen")
         items = build_local_catalog(
-            list(sources), out_dir, sensor=sensor, collection=collection, datetime=acquired, offset=offset
+            list(sources), out_dir, sensor=sensor, collection=collection, datetime=acquired, offset=offset, scale=scale
         )
     click.echo(f"wrote {len(items)} item(s) to {out_dir}")
     for item in items:

@@ -121,6 +121,7 @@ class RasterSource(_Frozen):
         default=None,
         description="reflectance offset of the files (Sentinel-2: 0.0 before processing baseline 04.00, -0.1 from it on)",
     )
+    scale: float | None = Field(default=None, gt=0, description="reflectance scale of the files, for sensors other than Sentinel-2")
     bands: tuple[str, ...] | None = None
 
 

@@ -118,7 +118,7 @@ def find_scenes(job: JobSpec) -> list[SceneDescription]:
                 catalog_dir = Path(".fleximo-catalogs") / job.name / source.collection
             build_local_catalog(
                 [folder], catalog_dir, sensor=source.sensor, collection=source.collection,
-                datetime=source.datetime, offset=source.offset,
+                datetime=source.datetime, offset=source.offset, scale=source.scale,
             )
             location = str(catalog_dir)
             collections: Sequence[str] | None = [source.collection]
