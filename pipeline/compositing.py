@@ -43,7 +43,7 @@ STACK_LAYERS: tuple[str, ...] = (
     layout.LANDCOVER_CONFIDENCE_VAR,
     layout.CLOUD_PROBABILITY_VAR,
     layout.CLEAR_OBSERVATIONS_VAR,
-    "valid_observations",
+    layout.VALID_OBSERVATIONS_VAR,
 )
 
 _FILL = layout.PROBABILITY_FILL

@@ -45,4 +45,5 @@ CLOUD_PROBABILITY_VAR = "cloud_probability"  # 0-100
 
 # Mosaic layers (uint8 unless noted); nodata is 255 for classes and probabilities.
 CLEAR_OBSERVATIONS_VAR = "clear_observations"  # uint16 count, never nodata
+VALID_OBSERVATIONS_VAR = "valid_observations"  # uint16 count of observations, clear or cloudy
 LANDCOVER_NODATA = 255

@@ -57,14 +57,12 @@ __all__ = ["MosaicOptions", "build_mosaic", "describe_mosaic", "open_mosaic"]
 
 logger = logging.getLogger(__name__)
 
-VALID_OBSERVATIONS_VAR = "valid_observations"
-
 _LAYER_DTYPES = {
     layout.LANDCOVER_VAR: np.uint8,
     layout.LANDCOVER_CONFIDENCE_VAR: np.uint8,
     layout.CLOUD_PROBABILITY_VAR: np.uint8,
     layout.CLEAR_OBSERVATIONS_VAR: np.uint16,
-    VALID_OBSERVATIONS_VAR: np.uint16,
+    layout.VALID_OBSERVATIONS_VAR: np.uint16,
 }
 _LAYER_NODATA = {
     layout.LANDCOVER_VAR: layout.LANDCOVER_NODATA,
@@ -76,7 +74,7 @@ _LAYER_DESCRIPTIONS = {
     layout.LANDCOVER_CONFIDENCE_VAR: ("probability of the land cover class", "percent"),
     layout.CLOUD_PROBABILITY_VAR: ("cloud probability of the composite", "percent"),
     layout.CLEAR_OBSERVATIONS_VAR: ("number of clear-sky observations", "1"),
-    VALID_OBSERVATIONS_VAR: ("number of observations, clear or cloudy", "1"),
+    layout.VALID_OBSERVATIONS_VAR: ("number of observations, clear or cloudy", "1"),
 }
 
 

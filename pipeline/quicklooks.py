@@ -25,7 +25,8 @@ from pipeline.legend import LegendEntry, legend_from_attrs
 
 logger = logging.getLogger(__name__)
 
-NODATA_RGB = (128, 128, 128)
+NODATA_RGB = (0, 0, 0)  # never observed
+CLOUDY_RGB = (96, 64, 128)  # observed, but cloudy in every observation
 BACKGROUND_RGB = (255, 255, 255)
 TEXT_RGB = (0, 0, 0)
 MARGIN_PX = 12
@@ -100,14 +101,27 @@ def _png_info(title: str, legend: Any, attribution: str | None) -> PngInfo:
     return info
 
 
-def render_landcover(classes: np.ndarray, legend: tuple[LegendEntry, ...], nodata: int) -> np.ndarray:
-    """Colour a ``(H, W)`` class array with the legend colours; return ``(H, W, 3)`` uint8."""
+def _hex(rgb: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+def render_landcover(
+    classes: np.ndarray, legend: tuple[LegendEntry, ...], nodata: int, observed: np.ndarray | None = None
+) -> np.ndarray:
+    """Colour a ``(H, W)`` class array with the legend colours; return ``(H, W, 3)`` uint8.
+
+    Nodata pixels are drawn in :data:`CLOUDY_RGB` where ``observed`` (the
+    count of valid observations) is above 0, else in :data:`NODATA_RGB`.
+    """
     palette = np.zeros((256, 3), dtype=np.uint8)
     palette[:] = NODATA_RGB
     for entry in legend:
         palette[entry.id] = entry.rgb
     palette[nodata] = NODATA_RGB
-    return palette[classes]
+    rgb = palette[classes]
+    if observed is not None:
+        rgb[(classes == nodata) & (observed > 0)] = CLOUDY_RGB
+    return rgb
 
 
 def write_landcover_quicklook(mosaic_url: str, path: Path, *, max_size_px: int = 1024, attribution: str | None = None) -> Path:
@@ -117,10 +131,15 @@ def write_landcover_quicklook(mosaic_url: str, path: Path, *, max_size_px: int =
     classes, attrs = _read_layer(mosaic_url, layout.LANDCOVER_VAR, size)
     legend = legend_from_attrs(attrs)
     nodata = int(attrs.get("nodata", layout.LANDCOVER_NODATA))
+    observed = None
+    if layout.VALID_OBSERVATIONS_VAR in open_mosaic(mosaic_url).data_vars:
+        observed, _ = _read_layer(mosaic_url, layout.VALID_OBSERVATIONS_VAR, size)
 
-    rows = [(entry.rgb, entry.name) for entry in legend] + [(NODATA_RGB, "no clear observation")]
+    nodata_rows = [(CLOUDY_RGB, "cloudy in every observation"), (NODATA_RGB, "not observed")]
+    rows = [(entry.rgb, entry.name) for entry in legend] + nodata_rows
     row_height = SWATCH_PX + 6
-    image, panel_x = _canvas(render_landcover(classes, legend, nodata), LEGEND_WIDTH_PX, row_height * len(rows), "Land cover")
+    rgb = render_landcover(classes, legend, nodata, observed)
+    image, panel_x = _canvas(rgb, LEGEND_WIDTH_PX, row_height * len(rows), "Land cover")
     draw = ImageDraw.Draw(image)
     font = _font()
     top = MARGIN_PX + FONT_SIZE_PX + 2 + MARGIN_PX
@@ -130,7 +149,7 @@ def write_landcover_quicklook(mosaic_url: str, path: Path, *, max_size_px: int =
         draw.text((panel_x + SWATCH_PX + 6, y), name, fill=TEXT_RGB, font=font)
 
     legend_json = [{"id": entry.id, "name": entry.name, "color": entry.color} for entry in legend]
-    legend_json.append({"id": nodata, "name": "no clear observation", "color": "#{:02x}{:02x}{:02x}".format(*NODATA_RGB)})
+    legend_json += [{"id": nodata, "name": name, "color": _hex(colour)} for colour, name in nodata_rows]
     image.save(path, format="PNG", pnginfo=_png_info("Land cover", legend_json, attribution))
     return path
 
@@ -163,8 +182,8 @@ def write_cloud_quicklook(mosaic_url: str, path: Path, *, max_size_px: int = 102
     draw.text((panel_x + SWATCH_PX + 6, swatch_y), "not observed", fill=TEXT_RGB, font=font)
 
     legend_json = {
-        "ramp": [{"percent": stop, "color": "#{:02x}{:02x}{:02x}".format(*colour)} for stop, colour in CLOUD_RAMP],
-        "nodata": {"value": nodata, "name": "not observed", "color": "#{:02x}{:02x}{:02x}".format(*NODATA_RGB)},
+        "ramp": [{"percent": stop, "color": _hex(colour)} for stop, colour in CLOUD_RAMP],
+        "nodata": {"value": nodata, "name": "not observed", "color": _hex(NODATA_RGB)},
     }
     image.save(path, format="PNG", pnginfo=_png_info("Cloud probability (%)", legend_json, attribution))
     return path

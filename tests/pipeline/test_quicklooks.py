@@ -17,6 +17,7 @@ from pipeline.quicklooks import (
     FONT_SIZE_PX,
     LEGEND_WIDTH_PX,
     MARGIN_PX,
+    CLOUDY_RGB,
     NODATA_RGB,
     map_size_px,
     write_quicklooks,
@@ -60,8 +61,9 @@ def test_landcover_quicklook_legend_lists_classes(mosaic_url: str, tmp_path: Pat
         assert image.text["Copyright"] == "Contains modified Copernicus Sentinel data"
         pixels = np.asarray(image.convert("RGB"))
 
-    assert [entry["name"] for entry in legend] == ["water", "tree cover", "cropland", "built-up", "no clear observation"]
-    assert [entry["id"] for entry in legend] == [0, 1, 2, 3, 255]
+    names = [entry["name"] for entry in legend]
+    assert names == ["water", "tree cover", "cropland", "built-up", "cloudy in every observation", "not observed"]
+    assert [entry["id"] for entry in legend] == [0, 1, 2, 3, 255, 255]
     panel = pixels[:, MARGIN_PX + 80 + MARGIN_PX :]
     for _, _, colour in LEGEND:
         rgb = tuple(int(colour[index : index + 2], 16) for index in (1, 3, 5))
@@ -73,8 +75,9 @@ def test_landcover_quicklook_draws_map(mosaic_url: str, tmp_path: Path) -> None:
     with Image.open(path) as image:
         pixels = np.asarray(image.convert("RGB"))
     drawn = pixels[MAP_TOP_PX : MAP_TOP_PX + 96, MARGIN_PX : MARGIN_PX + 80]
-    # rows 0-31 are cloudy in every observation: nodata grey
-    assert (drawn[:32] == NODATA_RGB).all()
+    # rows 0-31 are cloudy in every observation that saw them
+    assert (drawn[:32] == CLOUDY_RGB).all()
+    assert not (drawn == NODATA_RGB).all(axis=-1).any()
     colours = {tuple(int(entry[2][index : index + 2], 16) for index in (1, 3, 5)) for entry in LEGEND}
     assert {tuple(pixel) for pixel in drawn[32:].reshape(-1, 3)} == colours
 
