@@ -1,8 +1,9 @@
 """Pre-norm ViT blocks with timm's parameter names (``norm1``, ``attn.qkv``, ...).
 
-Each block may be given low-precision copies of its linear layers' weights
-(``weights``, keyed like its state dict). The LayerNorms and the residual
-stream then stay float32 while the matrix products run in the weights' dtype.
+For inference a block may be given :class:`~pipeline.model.linear.PreparedLinear`
+copies of its linear layers (``linears``, keyed by layer name). The
+LayerNorms and the residual stream then stay float32 while the matrix
+products run in the prepared layers' dtype.
 """
 
 from __future__ import annotations
@@ -13,14 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LINEAR_LAYERS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+from pipeline.model.linear import PreparedLinear
 
-
-def _linear(x: torch.Tensor, layer: nn.Linear, weights: Mapping[str, torch.Tensor] | None, name: str) -> torch.Tensor:
-    if weights is None:
-        return layer(x)
-    weight = weights[f"{name}.weight"]
-    return F.linear(x.to(weight.dtype), weight, weights[f"{name}.bias"])
+PreparedLinears = Mapping[str, PreparedLinear]
 
 
 class Attention(nn.Module):
@@ -32,12 +28,13 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, linears: PreparedLinears | None = None) -> torch.Tensor:
         batch, length, dim = x.shape
-        qkv = _linear(x, self.qkv, weights, "attn.qkv")
+        qkv = self.qkv(x) if linears is None else linears["attn.qkv"](x)
         qkv = qkv.reshape(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
         attended = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-        return _linear(attended.transpose(1, 2).reshape(batch, length, dim), self.proj, weights, "attn.proj")
+        attended = attended.transpose(1, 2).reshape(batch, length, dim)
+        return self.proj(attended) if linears is None else linears["attn.proj"](attended)
 
 
 class Mlp(nn.Module):
@@ -48,8 +45,10 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, dim)
 
-    def forward(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
-        return _linear(F.gelu(_linear(x, self.fc1, weights, "mlp.fc1")), self.fc2, weights, "mlp.fc2")
+    def forward(self, x: torch.Tensor, linears: PreparedLinears | None = None) -> torch.Tensor:
+        if linears is None:
+            return self.fc2(F.gelu(self.fc1(x)))
+        return linears["mlp.fc2"](linears["mlp.fc1"](x))  # fc1 carries the fused GELU
 
 
 class Block(nn.Module):
@@ -62,16 +61,16 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, hidden_dim)
 
-    def forward(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """Apply the block to ``(B, N, D)`` tokens; ``weights`` are optional low-precision linear weights."""
-        x = x + self.attn(self.norm1(x), weights).to(x.dtype)
-        return x + self.mlp(self.norm2(x), weights).to(x.dtype)
+    def forward(self, x: torch.Tensor, linears: PreparedLinears | None = None) -> torch.Tensor:
+        """Apply the block to ``(B, N, D)`` tokens, through ``linears`` when given."""
+        x = x + self.attn(self.norm1(x), linears).to(x.dtype)
+        return x + self.mlp(self.norm2(x), linears).to(x.dtype)
 
-    def cast_linear_weights(self, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
-        """Return copies of the linear layers' weights and biases in ``dtype`` on ``device``."""
-        state = {}
-        for name in LINEAR_LAYERS:
-            layer = self.get_submodule(name)
-            state[f"{name}.weight"] = layer.weight.detach().to(device=device, dtype=dtype)
-            state[f"{name}.bias"] = layer.bias.detach().to(device=device, dtype=dtype)
-        return state
+    def prepare_linears(self, dtype: torch.dtype, device: torch.device) -> dict[str, PreparedLinear]:
+        """Return inference copies of the linear layers in ``dtype`` on ``device``."""
+        return {
+            "attn.qkv": PreparedLinear(self.attn.qkv, dtype, device),
+            "attn.proj": PreparedLinear(self.attn.proj, dtype, device),
+            "mlp.fc1": PreparedLinear(self.mlp.fc1, dtype, device, activation="gelu"),
+            "mlp.fc2": PreparedLinear(self.mlp.fc2, dtype, device),
+        }

@@ -11,6 +11,7 @@ from torch import nn
 from pipeline.model.blocks import Block
 from pipeline.model.cache import TensorCache, weights_version
 from pipeline.model.config import ModelConfig
+from pipeline.model.linear import PreparedLinear, onednn_linear_available
 from pipeline.model.patch_embed import DynamicPatchEmbed
 from pipeline.model.precision import Precision, autocast, check_precision
 from pipeline.model.upernet import UPerNetHead
@@ -65,8 +66,8 @@ class FlexiMo(nn.Module):
 
     ``forward`` changes no module state apart from thread-safe caches of the
     generated kernel, the PI-resize matrix, the resized position embedding
-    and bfloat16 weights, so several threads may call one model at once with
-    different patch sizes and band sets.
+    and the prepared (prepacked or bfloat16) linear layers, so several threads
+    may call one model at once with different patch sizes and band sets.
 
     Parameters
     ----------
@@ -93,7 +94,10 @@ class FlexiMo(nn.Module):
         else:
             self.dense_head = UPerNetHead(config)
         self._pos_cache: TensorCache[torch.Tensor] = TensorCache(POS_EMBED_CACHE_SIZE)
-        self._low_precision_cache: TensorCache[list[dict[str, torch.Tensor]]] = TensorCache(2)
+        self._prepared_cache: TensorCache[list[dict[str, PreparedLinear]]] = TensorCache(2)
+        # Inference on the CPU runs the blocks' linear layers through prepacked
+        # oneDNN weights, which doubles their memory; set False to save it.
+        self.prepare_linears = True
         # A FlexiMo pixel-task checkpoint stores the head's keys at the top
         # level (conv0.*, decoder.*, cls_seg.*), not under "dense_head.".
         self.register_state_dict_post_hook(_strip_dense_head_prefix)
@@ -106,21 +110,28 @@ class FlexiMo(nn.Module):
         key = (grid, device, weights_version([self.pos_embed]))
         return self._pos_cache.get_or_compute(key, lambda: resize_pos_embed(self.pos_embed, grid).to(device))
 
-    def low_precision_weights(self, dtype: torch.dtype, device: torch.device) -> list[dict[str, torch.Tensor]]:
-        """Return per-block copies of the linear weights in ``dtype``, cached until the weights change."""
+    def prepared_linears(self, dtype: torch.dtype, device: torch.device) -> list[dict[str, PreparedLinear]]:
+        """Return per-block inference copies of the linear layers, cached until the weights change."""
         key = (dtype, device, weights_version(self.blocks.parameters()))
-        return self._low_precision_cache.get_or_compute(
-            key, lambda: [block.cast_linear_weights(dtype, device) for block in self.blocks]
+        return self._prepared_cache.get_or_compute(
+            key, lambda: [block.prepare_linears(dtype, device) for block in self.blocks]
         )
 
+    def _use_prepared_linears(self, dtype: torch.dtype, device: torch.device) -> bool:
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.blocks.parameters()):
+            return False
+        if dtype != torch.float32:
+            return True
+        return self.prepare_linears and device.type == "cpu" and onednn_linear_available()
+
     def clear_caches(self) -> None:
-        """Drop cached kernels, position embeddings and low-precision weights to free memory.
+        """Drop cached kernels, position embeddings and prepared linear layers to free memory.
 
         Stale entries are never used, so calling this is never needed for correctness.
         """
         self.patch_embed.clear_cache()
         self._pos_cache.clear()
-        self._low_precision_cache.clear()
+        self._prepared_cache.clear()
 
     def forward_tokens(
         self,
@@ -135,9 +146,9 @@ class FlexiMo(nn.Module):
         check_precision(precision, x.device)
         grid = token_grid((x.shape[-2], x.shape[-1]), patch_size)
         compute_dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
-        block_weights: list[dict[str, torch.Tensor]] | list[None] = [None] * len(self.blocks)
-        if compute_dtype != torch.float32:
-            block_weights = self.low_precision_weights(compute_dtype, x.device)
+        block_linears: list[dict[str, PreparedLinear]] | list[None] = [None] * len(self.blocks)
+        if self._use_prepared_linears(compute_dtype, x.device):
+            block_linears = self.prepared_linears(compute_dtype, x.device)
 
         with autocast(x.device, "float32"):
             tokens = self.patch_embed(x.to(compute_dtype), wavelengths_um, patch_size)
@@ -147,8 +158,8 @@ class FlexiMo(nn.Module):
             cls_token = (self.cls_token + pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
             tokens = torch.cat([cls_token, tokens + pos_embed[:, 1:]], dim=1)
 
-            for block, weights in zip(self.blocks, block_weights, strict=True):
-                tokens = block(tokens, weights)
+            for block, linears in zip(self.blocks, block_linears, strict=True):
+                tokens = block(tokens, linears)
         return tokens, grid
 
     def forward_features(

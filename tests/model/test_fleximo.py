@@ -210,3 +210,19 @@ def test_copy_and_pickle_after_caching(tiny_upernet: FlexiMo) -> None:
     with torch.no_grad():
         torch.testing.assert_close(copied(x, wavelengths_um=S2_WAVES[:4], patch_size=8), expected, rtol=0, atol=0)
         torch.testing.assert_close(unpickled(x, wavelengths_um=S2_WAVES[:4], patch_size=8), expected, rtol=0, atol=0)
+
+
+def test_prepared_linears_match_modules(tiny_classifier: FlexiMo) -> None:
+    model = build_model(tiny_classifier.config, seed=12)
+    x = _input(3, 64, 64)
+
+    with torch.no_grad():
+        prepared = model(x, wavelengths_um=S2_WAVES[:3], patch_size=8)
+        model.prepare_linears = False
+        plain = model(x, wavelengths_um=S2_WAVES[:3], patch_size=8)
+    with torch.enable_grad():
+        training_path = model(x, wavelengths_um=S2_WAVES[:3], patch_size=8)
+
+    assert training_path.requires_grad
+    torch.testing.assert_close(prepared, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(training_path.detach(), plain, rtol=1e-5, atol=1e-5)
