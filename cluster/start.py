@@ -70,15 +70,21 @@ def _scaling_bounds(profile: ClusterProfile) -> tuple[int, int] | None:
     return None
 
 
-def _adapt(cluster: Cluster, profile: ClusterProfile, *, at_least_one: bool) -> None:
+def _adapt(cluster: Cluster, profile: ClusterProfile) -> bool:
+    """Turn on adaptive scaling where the profile has bounds; return whether it did.
+
+    The minimum is raised to one worker: the stages read the cluster's layout
+    (GPU workers, cores) when they start, so the cluster never scales to zero
+    while a run lasts.
+    """
     bounds = _scaling_bounds(profile)
     if bounds is None:
-        return
+        return False
     minimum, maximum = bounds
-    if at_least_one:
-        minimum = max(1, minimum)
+    minimum = max(1, minimum)
     logger.info("adaptive scaling between %d and %d workers", minimum, maximum)
     cluster.adapt(minimum=minimum, maximum=maximum)
+    return True
 
 
 @contextlib.contextmanager
@@ -89,14 +95,16 @@ def start_cluster(profile: ClusterProfile) -> Iterator[Client]:
     the scheduler, SLURM jobs and Kubernetes resources. A cluster reached
     through an ``address`` profile is left running.
 
-    For profiles that need GPUs, start waits up to ``start_timeout_s`` for the
-    first worker and raises unless torch finds a CUDA device on every worker.
-    An adaptive cluster keeps at least one worker until that check has passed.
+    Adaptive clusters (SLURM, Kubernetes) keep at least one worker, and start
+    waits up to ``start_timeout_s`` for it. For profiles that need GPUs, start
+    then raises unless torch finds a CUDA device on every worker.
 
     Raises
     ------
     GPUNotFoundError
-        If a GPU profile's workers see no GPU.
+        If a GPU profile's workers have no CUDA device.
+    TimeoutError
+        If an adaptive cluster starts no worker within ``start_timeout_s``.
     MissingBackendError
         If the profile's backend package is not installed; the message names
         the extra.
@@ -106,21 +114,32 @@ def start_cluster(profile: ClusterProfile) -> Iterator[Client]:
             client = stack.enter_context(connect_address(profile))
         else:
             cluster = stack.enter_context(_create_cluster(profile))
-            _adapt(cluster, profile, at_least_one=profile.requires_gpu)
+            adaptive = _adapt(cluster, profile)
             client = stack.enter_context(Client(cluster))
+            if adaptive and not profile.requires_gpu:
+                _wait_for_first_worker(client, profile)
 
         if profile.requires_gpu:
             _check_gpus(client, profile)
-            if not isinstance(profile, AddressProfile):
-                _adapt(cluster, profile, at_least_one=False)
 
         logger.info("cluster %r ready, %d workers", profile.name, len(client.scheduler_info(n_workers=-1)["workers"]))
         yield client
 
 
+def _wait_for_first_worker(client: Client, profile: ClusterProfile) -> None:
+    try:
+        client.wait_for_workers(1, timeout=profile.start_timeout_s)
+    except TimeoutError as error:
+        raise TimeoutError(
+            f"cluster profile {profile.name!r} started no worker within "
+            f"{profile.start_timeout_s:g} s; check the job or pod logs and the queue, "
+            "or raise start_timeout_s"
+        ) from error
+
+
 def _check_gpus(client: Client, profile: ClusterProfile) -> None:
     if isinstance(profile, AddressProfile):
-        client.wait_for_workers(1, timeout=profile.start_timeout_s)
+        _wait_for_first_worker(client, profile)
         if not gpu_workers(client):
             raise GPUNotFoundError(
                 f"cluster profile {profile.name!r} sets require_gpu, but no worker of the "

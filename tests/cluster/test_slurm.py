@@ -175,7 +175,7 @@ exit 0
 
 @pytest.mark.skipif(shutil.which("setsid") is None, reason="setsid is not installed")
 def test_batch_script_starts_worker(tmp_path, monkeypatch):
-    """Run the generated batch script as a job would, through stand-in SLURM commands."""
+    """Run the generated batch script through stand-in SLURM commands; min_jobs 0 still starts one."""
     bin_directory = tmp_path / "bin"
     bin_directory.mkdir()
     for name, text in (("sbatch", FAKE_SBATCH), ("scancel", FAKE_SCANCEL)):
@@ -191,7 +191,7 @@ def test_batch_script_starts_worker(tmp_path, monkeypatch):
             "cores_per_job": 2,
             "processes_per_job": 1,
             "memory_per_job": "2GiB",
-            "min_jobs": 1,
+            "min_jobs": 0,
             "max_jobs": 1,
             "interface": "lo",
             "python": sys.executable,
@@ -203,13 +203,32 @@ def test_batch_script_starts_worker(tmp_path, monkeypatch):
     )
 
     with start_cluster(profile) as client:
-        client.wait_for_workers(1, timeout=120)
-        settings = client.submit(read_worker_settings, pure=False).result()
         worker_addresses = list(client.scheduler_info(n_workers=-1)["workers"])
+        settings = client.submit(read_worker_settings, pure=False).result()
 
+    assert len(worker_addresses) == 1
     assert worker_addresses[0].startswith("tcp://127.0.0.1:")
     assert settings["nthreads"] == 2
     assert settings["cores"] == "2"
     assert settings["omp"] == "1"
     assert settings["readdir"] == "EMPTY_DIR"
     assert settings["torch_threads"] == 1
+
+
+def test_job_without_worker_times_out(tmp_path, monkeypatch):
+    bin_directory = tmp_path / "bin"
+    bin_directory.mkdir()
+    stand_ins = {"sbatch": "#!/usr/bin/env bash\necho 'Submitted batch job 12345'\n", "scancel": "#!/usr/bin/env bash\nexit 0\n"}
+    for name, text in stand_ins.items():
+        command = bin_directory / name
+        command.write_text(text)
+        command.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_directory}{os.pathsep}{os.environ['PATH']}")
+    profile = parse_profile(
+        {**CPU_JOB, "interface": "lo", "scheduler_options": {"dashboard_address": ":0"}, "start_timeout_s": 3},
+        name="stuck-queue",
+    )
+
+    with pytest.raises(TimeoutError, match=r"'stuck-queue' started no worker within 3 s; check the job"):
+        with start_cluster(profile):
+            pass
