@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask.array as da
 import numpy as np
@@ -36,6 +36,9 @@ from pipeline.grid import footprint_in_crs
 from pipeline.observations import SAME_PASS_GAP, group_observations, observation_id_of
 from pipeline.reading import ResamplingName, RetryPolicy, SkippedScene, check_scenes, read_band
 from pipeline.stores import prepare_encoding, set_grid_metadata, zarr_store
+
+if TYPE_CHECKING:
+    import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -323,7 +326,7 @@ def write_input_cube(
     ds: xr.Dataset,
     url: str,
     *,
-    client: Any | None = None,
+    client: distributed.Client | None = None,
     storage_options: dict | None = None,
 ) -> str:
     """Write an observation cube from :func:`load_observation` to a Zarr v3 store.
@@ -352,6 +355,12 @@ def write_input_cube(
     """
     if layout.REFLECTANCE_VAR not in ds:
         raise ValueError(f"dataset has no {layout.REFLECTANCE_VAR!r} variable; build it with load_observation")
+    if ds[layout.REFLECTANCE_VAR].dtype != layout.REFLECTANCE_DTYPE:
+        raise ValueError(
+            f"{layout.REFLECTANCE_VAR!r} is {ds[layout.REFLECTANCE_VAR].dtype}, but the input cube stores "
+            f"{layout.REFLECTANCE_DTYPE} reflectance x 10000; pass the dataset from load_observation, or one "
+            "opened with pipeline.stores.open_dataset (mask_and_scale=False)"
+        )
     prepared = prepare_encoding(ds)
     store = zarr_store(url, "w", storage_options=storage_options)
     delayed = prepared.to_zarr(store, mode="w", zarr_format=3, consolidated=False, compute=False)

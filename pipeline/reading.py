@@ -258,6 +258,8 @@ def _warp_band(band: BandInfo, geobox: GeoBox, resampling: ResamplingName, sidec
             # DEM, so relief shifts pixels by roughly height error x tan(view angle).
             placement = {"rpcs": src.rpcs, "src_crs": "EPSG:4326"}
         destination = np.full(geobox.shape.yx, np.nan, dtype=np.float32)
+        # NOTE: the warp reads full-resolution pixels even when the grid is much
+        # coarser than the asset; it does not pick a COG overview.
         reproject(
             source=rasterio.band(src, band.band_index),
             destination=destination,

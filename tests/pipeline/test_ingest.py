@@ -388,3 +388,11 @@ def test_gaofen_l1a_without_rpcs_rejected(gaofen_scene):
 
     with pytest.raises(NotGeoreferencedError, match="no map projection and no RPCs"):
         ds[layout.REFLECTANCE_VAR].compute()
+
+
+def test_write_input_cube_rejects_decoded_floats(l2a_scene, l2a_dir, tmp_path):
+    ds = load_observation([l2a_scene], source_geobox(l2a_dir / "B04.tif"), bands=["B04"], chunk_px=512)
+    decoded = ds.assign({layout.REFLECTANCE_VAR: decode_reflectance(ds[layout.REFLECTANCE_VAR])})
+
+    with pytest.raises(ValueError, match="'reflectance' is float32, but the input cube stores int16"):
+        write_input_cube(decoded, str(tmp_path / "cube.zarr"))
