@@ -206,11 +206,23 @@ def _encoding(dataset: xr.Dataset, options: MosaicOptions, shard_px: int | None)
     return encoding
 
 
-def _compute(delayed: Any, client: distributed.Client | None) -> None:
+def _compute(graph: Any, client: distributed.Client | None) -> Any:
     if client is None:
-        dask.compute(delayed)
-    else:
-        client.compute(delayed).result()
+        return dask.compute(graph)[0]
+    return client.compute(graph).result()
+
+
+def _block_histogram(block: np.ndarray) -> np.ndarray:
+    return np.bincount(block.ravel(), minlength=256).reshape(1, 1, 256)
+
+
+def class_histogram(landcover: da.Array) -> da.Array:
+    """Return the lazy pixel count of each value 0-255 of a uint8 ``(y, x)`` array, shape ``(256,)``.
+
+    Each block is counted where it is, so no block is reshaped or moved.
+    """
+    per_block = landcover.map_blocks(_block_histogram, new_axis=2, chunks=(1, 1, 256), dtype=np.int64)
+    return per_block.sum(axis=(0, 1))
 
 
 def _write_level(
@@ -320,6 +332,12 @@ def build_mosaic(
     composite = composite.assign_coords(inputs.coords)
     _write_level(composite, mosaic_url, None, options, shard_px, client)
 
+    # Counting the stored classes rereads one uint8 layer. A histogram in the
+    # same dask.compute call as the write ran every composite task twice
+    # (dask 2026.7.1), because the store graph is optimised on its own.
+    stored = xr.open_zarr(zarr_store(mosaic_url, "r"), chunks={}, zarr_format=3, consolidated=False)
+    counts = _compute(class_histogram(stored[layout.LANDCOVER_VAR].data), client)
+
     geoboxes, methods = _write_overviews(mosaic_url, geobox, options, client)
 
     start, end = inputs.datetime_range
@@ -336,6 +354,7 @@ def build_mosaic(
                 "end_datetime": end,
                 "input_item_ids": inputs.item_ids,
                 "input_observations": inputs.observations,
+                "class_pixel_counts": {str(value): int(counts[value]) for value in np.flatnonzero(counts)},
                 "provenance": dict(provenance),
                 **multiscales_attrs(geoboxes, methods),
             }
@@ -392,12 +411,17 @@ def describe_mosaic(url: str) -> dict[str, Any]:
         "input_item_ids": root_attrs.get("input_item_ids", []),
     }
     if summary["complete"] and layout.LANDCOVER_VAR in dataset:
-        summary.update(_class_shares(dataset[layout.LANDCOVER_VAR]))
+        summary.update(_class_shares(dataset[layout.LANDCOVER_VAR], root_attrs.get("class_pixel_counts")))
     return summary
 
 
-def _class_shares(landcover: xr.DataArray) -> dict[str, Any]:
-    counts = da.bincount(landcover.data.ravel(), minlength=256).compute()
+def _class_shares(landcover: xr.DataArray, stored_counts: Mapping[str, int] | None) -> dict[str, Any]:
+    if stored_counts is not None:
+        counts = np.zeros(256, dtype=np.int64)
+        for value, count in stored_counts.items():
+            counts[int(value)] = int(count)
+    else:
+        counts = class_histogram(landcover.data).compute()
     total = int(counts.sum())
     nodata = int(landcover.attrs.get("nodata", layout.LANDCOVER_NODATA))
     with_class = total - int(counts[nodata])

@@ -10,7 +10,7 @@ import zarr
 from synthetic_predictions import CLASS_IDS, LEGEND, PROVENANCE, ThreeScenes, job_geobox, probabilities_for, write_prediction
 
 from pipeline.completion import IncompleteStoreError, is_complete, open_mosaic
-from pipeline.mosaic import MosaicOptions, build_mosaic, describe_mosaic
+from pipeline.mosaic import MosaicOptions, build_mosaic, class_histogram, describe_mosaic
 
 OPTIONS = MosaicOptions(chunk_px=32, overview_min_px=16)
 
@@ -170,6 +170,19 @@ def test_mosaic_sharded_store_round_trips(scenes: ThreeScenes, mosaic_url: str, 
     for level in (1, 2):
         np.testing.assert_array_equal(open_mosaic(url, level=level)["landcover"].values,
                                       open_mosaic(mosaic_url, level=level)["landcover"].values)
+
+
+def test_mosaic_stores_class_pixel_counts(mosaic_url: str, mosaic: xr.Dataset) -> None:
+    counts = np.bincount(mosaic["landcover"].values.ravel(), minlength=256)
+    expected = {str(value): int(counts[value]) for value in np.flatnonzero(counts)}
+    assert open_mosaic(mosaic_url).attrs["class_pixel_counts"] == expected
+    assert expected["255"] == 32 * 80
+
+
+def test_class_histogram_counts_every_block(mosaic: xr.Dataset) -> None:
+    landcover = mosaic["landcover"].chunk({"y": 40, "x": 30}).data
+    expected = np.bincount(mosaic["landcover"].values.ravel(), minlength=256)
+    np.testing.assert_array_equal(class_histogram(landcover).compute(), expected)
 
 
 def test_describe_mosaic_summarises_store(scenes: ThreeScenes, mosaic_url: str) -> None:
