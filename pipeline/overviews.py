@@ -20,6 +20,7 @@ open child groups see the overviews but not full resolution.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -120,11 +121,14 @@ def downsample_mean(block: np.ndarray, nodata: int | None) -> np.ndarray:
 
 
 def _reducer_for(variable: xr.DataArray) -> tuple[ResamplingMethod, Callable[[np.ndarray], np.ndarray]]:
+    # functools.partial of module functions, unlike lambdas, pickles to
+    # workers with plain pickle and gives dask a deterministic token.
     nodata = variable.attrs.get("nodata")
     if "flag_values" in variable.attrs:
-        class_ids = [int(value) for value in variable.attrs["flag_values"]]
-        return "mode", lambda block: downsample_mode(block, class_ids, int(nodata))
-    return "average", lambda block: downsample_mean(block, None if nodata is None else int(nodata))
+        class_ids = tuple(int(value) for value in variable.attrs["flag_values"])
+        class_nodata = layout.LANDCOVER_NODATA if nodata is None else int(nodata)
+        return "mode", functools.partial(downsample_mode, class_ids=class_ids, nodata=class_nodata)
+    return "average", functools.partial(downsample_mean, nodata=None if nodata is None else int(nodata))
 
 
 def _downsample_array(data: da.Array, reducer: Callable[[np.ndarray], np.ndarray]) -> da.Array:
