@@ -26,8 +26,16 @@ def bundled_profiles() -> list[str]:
 
 
 def _resolve_profile_path(name_or_path: str | Path) -> Path:
+    """Return the YAML file of a bundled profile name or of a path.
+
+    A bare file name that is not in the working folder falls back to the
+    bundled profile of that file name, e.g. ``slurm-gpu.yaml``.
+    """
     path = Path(name_or_path).expanduser()
     if path.suffix in (".yaml", ".yml") or path.parent != Path("."):
+        bundled_file = PROFILE_DIRECTORY / path.name
+        if not path.is_file() and path.parent == Path(".") and bundled_file.is_file():
+            return bundled_file
         if not path.is_file():
             raise ProfileError(
                 f"cluster profile file {str(path)!r} not found; pass an existing YAML "

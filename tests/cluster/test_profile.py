@@ -241,3 +241,19 @@ def test_environment_boolean_rejected(tmp_path):
 
     with pytest.raises(ProfileError, match=r"GDAL_HTTP_MULTIRANGE = True: .*YAML boolean; quote it"):
         load_profile(path)
+
+
+def test_bundled_file_name_resolves(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    profile = load_profile("slurm-gpu.yaml")
+
+    assert isinstance(profile, SlurmProfile)
+    assert profile.name == "slurm-gpu"
+
+
+def test_local_file_wins_over_bundled(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "local.yaml").write_text("kind: local\nn_workers: 7\n")
+
+    assert load_profile("local.yaml").n_workers == 7
