@@ -54,7 +54,8 @@ def _write_tiled_geotiff(mosaic_url: str, layer: str, path: Path) -> str:
         "height": int(variable.sizes["y"]),
         "count": 1,
         "dtype": str(variable.dtype),
-        "crs": geobox.crs.to_wkt(),
+        # An EPSG code lets GDAL write the standard GeoTIFF keys rather than a user-defined CRS.
+        "crs": f"EPSG:{geobox.crs.epsg}" if geobox.crs.epsg is not None else geobox.crs.to_wkt(),
         "transform": geobox.affine,
         "nodata": nodata,
         "tiled": True,

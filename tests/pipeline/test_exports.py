@@ -49,6 +49,7 @@ def test_cog_matches_mosaic_grid_and_values(mosaic_url: str, cogs: dict[str, Pat
     mosaic = open_mosaic(mosaic_url)
     with rasterio.open(cogs[f"{layer}_cog"]) as source:
         assert source.crs == mosaic.rio.crs
+        assert source.crs.to_epsg() == 32618
         assert source.transform == mosaic.rio.transform()
         assert (source.height, source.width) == (640, 600)
         assert source.nodata == 255
