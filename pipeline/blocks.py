@@ -128,74 +128,106 @@ def _device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def _cut_tile(data: np.ndarray, tile: Tile, origin: tuple[int, int], tile_px: int, cube: CubeInfo):
-    """Cut one tile out of the block data; pad it symmetrically where it passes the scene edge."""
-    y_stop = min(tile.y0 + tile_px, cube.height)
-    x_stop = min(tile.x0 + tile_px, cube.width)
-    window = data[:, tile.y0 - origin[0]: y_stop - origin[0], tile.x0 - origin[1]: x_stop - origin[1]]
-    valid = (window != cube.fill).all(axis=0)
-    if not valid.any():
-        return None, (0, 0)
+def _nodata_mask(data: np.ndarray, fill: int) -> np.ndarray:
+    """Return ``(y, x)`` True where any band of ``data`` (band, y, x) holds the fill value."""
+    if fill == np.iinfo(data.dtype).min:
+        # The fill is the smallest value, so one minimum over bands finds it.
+        return data.min(axis=0) == fill
+    return (data == fill).any(axis=0)
 
-    reflectance = np.where(valid, window.astype(np.float32) * np.float32(layout.REFLECTANCE_SCALE), np.float32(0))
-    height, width = window.shape[1:]
-    if (height, width) != (tile_px, tile_px):
-        reflectance = np.pad(reflectance, ((0, 0), (0, tile_px - height), (0, tile_px - width)), mode="symmetric")
-    return reflectance, (height, width)
+
+def _cut_tile(data: np.ndarray, nodata: np.ndarray, tile: Tile, origin: tuple[int, int], out: np.ndarray) -> None:
+    """Write one tile of the block data into ``out`` (band, tile, tile) as float32 reflectance.
+
+    Nodata pixels become 0; where the tile passes the scene's far edges it
+    is padded by mirroring the scene (symmetric padding).
+    """
+    tile_px = out.shape[-1]
+    height, width = nodata.shape
+    rows = slice(tile.y0 - origin[0], min(tile.y0 - origin[0] + tile_px, height))
+    cols = slice(tile.x0 - origin[1], min(tile.x0 - origin[1] + tile_px, width))
+    window = data[:, rows, cols]
+    invalid = nodata[rows, cols]
+    tile_height, tile_width = invalid.shape
+
+    target = out[:, :tile_height, :tile_width]
+    np.multiply(window, np.float32(layout.REFLECTANCE_SCALE), out=target, dtype=np.float32)
+    if invalid.any():
+        target[:, invalid] = 0.0
+    if (tile_height, tile_width) != (tile_px, tile_px):
+        padding = ((0, 0), (0, tile_px - tile_height), (0, tile_px - tile_width))
+        out[:] = np.pad(target, padding, mode="symmetric")
 
 
 def _run_batch(model, card, batch: np.ndarray, wavelengths_um: list[float], patch_px: int,
                device: torch.device, precision: str) -> torch.Tensor:
+    """Run one batch ``(B, band, tile, tile)`` and return its quantized logits on the CPU."""
     inputs = torch.from_numpy(batch).to(device)
     with torch.inference_mode(), autocast(device, precision):
         prepared = card.prepare_input(inputs, wavelengths_um)
         logits = model(prepared, wavelengths_um=wavelengths_um, patch_size=patch_px)
-    return logits.float().cpu()
-
-
-def _run_batches(model, job: CardJob, tiles: list[np.ndarray], wavelengths_um: list[float],
-                 device: torch.device) -> list[torch.Tensor]:
-    """Run tiles through the model in batches; on CUDA out-of-memory, halve the batch and retry.
-
-    A batch never holds a single tile: a lone last tile is run together with
-    a copy of itself. NOTE: on CPU, PyTorch takes other kernels for a batch
-    of one than for larger batches, so a lone tile's logits differ in the last
-    bits (seen with FlexiMo, torch 2.13), while batches of two or more give
-    each tile the same bits; the invariance tests rely on this.
-    """
-    outputs: list[torch.Tensor] = []
-    batch_size = max(2, job.batch_size)
-    single_tiles = False
-    start = 0
-    while start < len(tiles):
-        chunk = tiles[start: start + batch_size]
-        batch = np.stack(chunk if len(chunk) > 1 or single_tiles else chunk * 2)
-        try:
-            logits = _run_batch(model, job.card, batch, wavelengths_um, job.patch_px, device, job.precision)
-        except torch.cuda.OutOfMemoryError:
-            if single_tiles:
-                raise
-            torch.cuda.empty_cache()
-            if batch_size > 2:
-                batch_size //= 2
-            else:
-                batch_size, single_tiles = 1, True
-            logger.warning("CUDA out of memory on %s; retrying with batch size %d", job.key, batch_size)
-            continue
-        outputs.extend(logits[: len(chunk)].unbind(0))
-        start += len(chunk)
-    return outputs
+        return _quantize(logits.float().cpu(), getattr(card, "name", "?"))
 
 
 def _quantize(logits: torch.Tensor, name: str) -> torch.Tensor:
-    if torch.isnan(logits).any():
+    """Round logits ``(B, classes, H, W)`` in place to integer multiples of ``1 / LOGIT_SCALE``, scaled up.
+
+    Scaling by a power of two and rounding are exact in float32, so the
+    returned float32 values are integers of magnitude at most 2**31.
+    """
+    low, high = torch.aminmax(logits)
+    if torch.isnan(low) or torch.isnan(high):
         raise FloatingPointError(f"model {name!r} returned NaN logits; check its weights and input scaling")
-    clamped = logits.clamp(-LOGIT_LIMIT, LOGIT_LIMIT)
-    return torch.round(clamped * LOGIT_SCALE).to(torch.float64)
+    if low < -LOGIT_LIMIT or high > LOGIT_LIMIT:
+        logits.clamp_(-LOGIT_LIMIT, LOGIT_LIMIT)
+    return torch.round(logits.mul_(LOGIT_SCALE), out=logits)
+
+
+class _Accumulator:
+    """Blend sums of quantized tile logits over a footprint, in exact float64 integers."""
+
+    def __init__(self, footprint: tuple[int, int, int, int], window: torch.Tensor) -> None:
+        self.y0, self.y1, self.x0, self.x1 = footprint
+        self.window = window
+        self.logit_sum: torch.Tensor | None = None
+        self.weight_sum = torch.zeros((self.y1 - self.y0, self.x1 - self.x0), dtype=torch.float64)
+
+    def add(self, tile: Tile, logits: torch.Tensor, scene_shape: tuple[int, int]) -> None:
+        if self.logit_sum is None:
+            self.logit_sum = torch.zeros((logits.shape[0], *self.weight_sum.shape), dtype=torch.float64)
+        height = min(self.window.shape[0], scene_shape[0] - tile.y0)
+        width = min(self.window.shape[1], scene_shape[1] - tile.x0)
+        weights = self.window[:height, :width]
+        rows = slice(tile.y0 - self.y0, tile.y0 - self.y0 + height)
+        cols = slice(tile.x0 - self.x0, tile.x0 - self.x0 + width)
+        self.logit_sum[:, rows, cols].addcmul_(logits[:, :height, :width], weights)
+        self.weight_sum[rows, cols] += weights
+
+
+def _check_logits(job: CardJob, logits: torch.Tensor, tile_px: int) -> None:
+    if logits.shape[-2:] != (tile_px, tile_px):
+        raise ValueError(
+            f"model of card {job.card.name!r} returned logits of size {tuple(logits.shape[-2:])} for "
+            f"{tile_px} px tiles; a dense head must return logits at the tile size"
+        )
+    classes = logits.shape[1]
+    expected = len(job.card.class_names) if job.card.task == "landcover" else classes
+    if classes != expected:
+        raise ValueError(
+            f"model of card {job.card.name!r} returned {classes} classes, but the card lists {expected}; "
+            "fix the card's classes or its checkpoint"
+        )
 
 
 def predict_block(job: CardJob, block: Block, data: np.ndarray, cube: CubeInfo) -> BlockPrediction:
     """Run the block's own tiles through the model and blend them over its footprint.
+
+    Tiles that are entirely nodata are skipped without a model call. Tiles
+    are cut into one reused batch buffer and run in batches of
+    ``job.batch_size``, never of one tile: PyTorch's CPU kernels for a batch
+    of one give other bits than for larger batches (seen with FlexiMo, torch
+    2.13), so a lone last tile is run together with a copy of itself. On CUDA
+    out-of-memory the batch is halved and retried, down to single tiles.
 
     Parameters
     ----------
@@ -215,19 +247,18 @@ def predict_block(job: CardJob, block: Block, data: np.ndarray, cube: CubeInfo) 
     """
     plan = job.plan
     tile_px = plan.grid.tile_px
-    y0, y1, x0, x1 = plan.footprint(block)
-    nodata_block = (data[:, : block.y1 - y0, : block.x1 - x0] == cube.fill).any(axis=0)
+    footprint = plan.footprint(block)
+    y0, y1, x0, x1 = footprint
+    nodata = _nodata_mask(data, cube.fill)
+    nodata_block = nodata[: block.y1 - y0, : block.x1 - x0].copy()
 
-    tiles, shapes, owned = [], [], []
-    skipped = 0
+    tiles = []
     for tile in plan.tiles(block):
-        reflectance, shape = _cut_tile(data, tile, (y0, x0), tile_px, cube)
-        if reflectance is None:
-            skipped += 1
-            continue
-        tiles.append(reflectance)
-        shapes.append(shape)
-        owned.append(tile)
+        rows = slice(tile.y0 - y0, tile.y0 - y0 + tile_px)
+        cols = slice(tile.x0 - x0, tile.x0 - x0 + tile_px)
+        if not nodata[rows, cols].all():
+            tiles.append(tile)
+    skipped = block.tile_count - len(tiles)
     if not tiles:
         logger.debug("block %s of %s: all %d tiles nodata", block.block_id, job.key, skipped)
         return BlockPrediction(y0, y1, x0, x1, None, None, nodata_block, 0, skipped, 0.0)
@@ -235,38 +266,48 @@ def predict_block(job: CardJob, block: Block, data: np.ndarray, cube: CubeInfo) 
     device = _device()
     model = model_for(job.card, job.fingerprint, device)
     wavelengths_um = list(cube.wavelengths_um)
-    with _MODEL_LOCK:
-        if device.type == "cpu" and job.threads:
-            torch.set_num_threads(job.threads)
-        started = time.perf_counter()
-        outputs = _run_batches(model, job, tiles, wavelengths_um, device)
-        model_seconds = time.perf_counter() - started
-
-    classes = outputs[0].shape[0]
-    expected = len(job.card.class_names) if job.card.task == "landcover" else classes
-    if classes != expected:
-        raise ValueError(
-            f"model of card {job.card.name!r} returned {classes} classes, but the card lists {expected}; "
-            "fix the card's classes or its checkpoint"
-        )
     window = torch.from_numpy(blend_window(tile_px, plan.grid.overlap_px).astype(np.float64))
-    logit_sum = torch.zeros((classes, y1 - y0, x1 - x0), dtype=torch.float64)
-    weight_sum = torch.zeros((y1 - y0, x1 - x0), dtype=torch.float64)
-    for tile, (height, width), logits in zip(owned, shapes, outputs):
-        if logits.shape[-2:] != (tile_px, tile_px):
-            raise ValueError(
-                f"model {job.key!r} returned logits of size {tuple(logits.shape[-2:])} for "
-                f"{tile_px} px tiles; a dense head must return logits at the tile size"
-            )
-        weights = window[:height, :width]
-        rows = slice(tile.y0 - y0, tile.y0 - y0 + height)
-        cols = slice(tile.x0 - x0, tile.x0 - x0 + width)
-        logit_sum[:, rows, cols] += _quantize(logits[:, :height, :width], job.key) * weights
-        weight_sum[rows, cols] += weights
+    accumulator = _Accumulator(footprint, window)
+    batch_size = max(2, job.batch_size)
+    buffer = np.empty((batch_size, data.shape[0], tile_px, tile_px), dtype=np.float32)
+    single_tiles = False
+    model_seconds = 0.0
+    start = 0
+    while start < len(tiles):
+        chunk = tiles[start: start + batch_size]
+        for index, tile in enumerate(chunk):
+            _cut_tile(data, nodata, tile, (y0, x0), buffer[index])
+        count = len(chunk)
+        if count == 1 and not single_tiles:
+            buffer[1] = buffer[0]
+            count = 2
 
-    logger.debug("block %s of %s: %d tiles run, %d nodata", block.block_id, job.key, len(owned), skipped)
+        with _MODEL_LOCK:
+            if device.type == "cpu" and job.threads:
+                torch.set_num_threads(job.threads)
+            started = time.perf_counter()
+            try:
+                logits = _run_batch(model, job.card, buffer[:count], wavelengths_um, job.patch_px, device,
+                                    job.precision)
+            except torch.cuda.OutOfMemoryError:
+                if single_tiles:
+                    raise
+                torch.cuda.empty_cache()
+                batch_size, single_tiles = (batch_size // 2, False) if batch_size > 2 else (1, True)
+                logger.warning("CUDA out of memory on %s; retrying with batch size %d", job.key, batch_size)
+                continue
+            finally:
+                model_seconds += time.perf_counter() - started
+
+        _check_logits(job, logits, tile_px)
+        for tile, tile_logits in zip(chunk, logits):
+            accumulator.add(tile, tile_logits, (cube.height, cube.width))
+        start += len(chunk)
+
+    logger.debug("block %s of %s: %d tiles run, %d nodata", block.block_id, job.key, len(tiles), skipped)
     return BlockPrediction(
-        y0, y1, x0, x1, logit_sum.numpy(), weight_sum.numpy(), nodata_block, len(owned), skipped, model_seconds
+        y0, y1, x0, x1, accumulator.logit_sum.numpy(), accumulator.weight_sum.numpy(), nodata_block,
+        len(tiles), skipped, model_seconds,
     )
 
 
@@ -295,32 +336,41 @@ def cloud_class_index(card: Any) -> int:
     return names.index("cloud")
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=0, keepdims=True)
-    np.exp(shifted, out=shifted)
-    shifted /= shifted.sum(axis=0, keepdims=True)
-    return shifted
+def _output_arrays(job: CardJob, logit_sum: np.ndarray, weight_sum: np.ndarray,
+                   nodata: np.ndarray) -> dict[str, np.ndarray]:
+    """Turn blend sums into the uint8 output variables of the card's task.
 
-
-def _class_probabilities(logits: np.ndarray) -> np.ndarray:
-    if logits.shape[0] == 1:
-        return 1.0 / (1.0 + np.exp(-logits))
-    return _softmax(logits)
-
-
-def _output_arrays(job: CardJob, logits: np.ndarray, nodata: np.ndarray) -> dict[str, np.ndarray]:
-    """Turn blended logits ``(classes, y, x)`` into the uint8 output variables of the card's task."""
-    probabilities = _class_probabilities(logits.astype(np.float32))
+    ``logit_sum`` (classes, y, x) float64 is overwritten. The division by the
+    weight sum is exact where every tile gave the same logit, so a pointwise
+    model's output is reproduced exactly.
+    """
+    np.divide(logit_sum, np.where(weight_sum == 0, 1.0, weight_sum), out=logit_sum)
+    logits = logit_sum.astype(np.float32)
+    logits *= np.float32(1.0 / LOGIT_SCALE)
     fill = np.uint8(layout.PROBABILITY_FILL)
-    if job.card.task == "cloud":
-        cloud_index = cloud_class_index(job.card) if probabilities.shape[0] > 1 else 0
-        percent = np.rint(probabilities[cloud_index] * 100).astype(np.uint8)
+
+    if logits.shape[0] == 1:
+        probability = 1.0 / (1.0 + np.exp(-logits[0]))
+        percent = np.rint(probability * np.float32(100)).astype(np.uint8)
         return {layout.CLOUD_PROBABILITY_VAR: np.where(nodata, fill, percent)}
 
-    scaled = np.rint(probabilities * layout.PROBABILITY_SCALE).astype(np.uint8)
+    # Softmax over classes, in place: the largest exponent is exp(0) = 1, so
+    # the top probability is 1 / sum.
+    labels = logits.argmax(axis=0).astype(np.uint8)
+    logits -= logits.max(axis=0, keepdims=True)
+    np.exp(logits, out=logits)
+    inverse_sum = np.float32(1.0) / logits.sum(axis=0)
+    probabilities = logits
+    probabilities *= inverse_sum
+
+    if job.card.task == "cloud":
+        cloud = probabilities[cloud_class_index(job.card)] * np.float32(100)
+        return {layout.CLOUD_PROBABILITY_VAR: np.where(nodata, fill, np.rint(cloud).astype(np.uint8))}
+
+    probabilities *= np.float32(layout.PROBABILITY_SCALE)
+    scaled = np.rint(probabilities, out=probabilities).astype(np.uint8)
     scaled[:, nodata] = fill
-    labels = probabilities.argmax(axis=0).astype(np.uint8)
-    confidence = np.rint(probabilities.max(axis=0) * 100).astype(np.uint8)
+    confidence = np.rint(inverse_sum * np.float32(100)).astype(np.uint8)
     return {
         layout.LANDCOVER_PROBABILITY_VAR: scaled,
         layout.LANDCOVER_VAR: np.where(nodata, fill, labels),
@@ -349,8 +399,7 @@ def write_block(
             weight_sum[rows, cols] += part.weight_sum
         # Pixels no tile covered are nodata: every tile over them was skipped as all nodata.
         nodata |= weight_sum == 0
-        logits = logit_sum / np.where(weight_sum == 0, 1.0, weight_sum) / LOGIT_SCALE
-        outputs = _output_arrays(job, logits, nodata)
+        outputs = _output_arrays(job, logit_sum, weight_sum, nodata)
     else:
         outputs = _empty_outputs(job, height, width)
 

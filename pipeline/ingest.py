@@ -5,10 +5,10 @@ one satellite pass (tiles of the same orbit). :func:`load_observation` merges
 them first-valid-wins onto the job grid, one dask task per block.
 
 Why not ``odc.stac.load``: the pipeline's scenes are
-:class:`~catalog.scene.SceneDescription` records rather than pystac Items,
-odc-stac neither places RPC-only (Gaofen Level-1A) assets nor applies scale
-and offset per scene, and with ``fail_on_error=False`` it turns failed reads
-into nodata. Each block task here warps its assets with rasterio, retries
+:class:`~catalog.scene.SceneDescription` records rather than pystac Items.
+odc-stac 0.5.3 neither places RPC-only (Gaofen Level-1A) assets nor applies
+scale and offset, and with ``fail_on_error=False`` it turns failed reads into
+nodata. Each block task here warps its assets with rasterio, retries
 transient failures and raises on the rest, and only small frozen records
 travel in the graph.
 
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     import distributed
 
 logger = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass(frozen=True)
 class _BlockRequest:
@@ -190,7 +191,7 @@ def _resolve_bands(scenes: Sequence[SceneDescription], bands: Sequence[str] | No
     return reflectance, classification
 
 
-def _check_scenes(scenes: Sequence[SceneDescription]) -> None:
+def _validate_observation(scenes: Sequence[SceneDescription]) -> None:
     if not scenes:
         raise ValueError("load_observation needs at least one scene")
     sensors = {(scene.platform, scene.instrument, scene.collection) for scene in scenes}
@@ -241,7 +242,7 @@ def load_observation(
         (fill 255); attrs ``observation_id``, ``item_ids``, ``platform``,
         ``instrument``, ``datetime`` (ISO 8601 UTC) and ``gsd_m``.
     """
-    _check_scenes(scenes)
+    _validate_observation(scenes)
     if chunk_px <= 0:
         raise ValueError(f"chunk_px must be a positive number of pixels, got {chunk_px}")
     reflectance_bands, classification_bands = _resolve_bands(scenes, bands)

@@ -21,7 +21,6 @@ from typing import Literal, TypeVar
 
 import numpy as np
 import rasterio
-import rasterio.errors
 import rasterio.io
 from odc.geo.geobox import GeoBox
 from odc.geo.crs import CRS

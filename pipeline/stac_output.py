@@ -4,7 +4,8 @@ The Item has the mosaic's footprint (EPSG:4326 polygon and bbox) and the
 time range of the input observations (``start_datetime`` and
 ``end_datetime``, with ``datetime`` null). It uses the projection extension
 (``proj:code`` or ``proj:wkt2``, ``proj:shape``, ``proj:transform``,
-``proj:bbox``) and the classification extension on the land-cover assets.
+``proj:bbox``), the classification extension on the land-cover assets, and
+the xarray-assets extension on the store asset.
 Assets: the Zarr store, each of its layers, and each export (COGs,
 quicklook PNGs).
 """
@@ -21,6 +22,7 @@ import pystac
 from odc.geo.geobox import GeoBox
 from pystac.extensions.classification import Classification, ClassificationExtension
 from pystac.extensions.projection import ProjectionExtension
+from pystac.extensions.xarray_assets import XarrayAssetsExtension
 
 from pipeline import layout
 from pipeline.completion import completion_info, open_mosaic
@@ -140,16 +142,18 @@ def write_output_item(
     ClassificationExtension.add_to(item)
 
     mosaic_href = str(Path(mosaic_url).resolve()) if "://" not in str(mosaic_url) else str(mosaic_url)
-    item.add_asset(
-        "zarr",
-        pystac.Asset(
-            href=mosaic_href,
-            media_type=ZARR_MEDIA_TYPE,
-            roles=["data"],
-            title="Mosaic store (Zarr v3) with every layer and the overview pyramid",
-            extra_fields={"xarray:open_kwargs": {"engine": "zarr", "decode_coords": "all", "consolidated": False}},
-        ),
+    store_asset = pystac.Asset(
+        href=mosaic_href,
+        media_type=ZARR_MEDIA_TYPE,
+        roles=["data"],
+        title="Mosaic store (Zarr v3) with every layer and the overview pyramid",
     )
+    item.add_asset("zarr", store_asset)
+    XarrayAssetsExtension.ext(store_asset, add_if_missing=True).open_kwargs = {
+        "engine": "zarr",
+        "decode_coords": "all",
+        "consolidated": False,
+    }
     for name, variable in dataset.data_vars.items():
         asset = pystac.Asset(
             href=f"{mosaic_href.rstrip('/')}/{name}",

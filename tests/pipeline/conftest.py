@@ -39,6 +39,15 @@ def l2a_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def gaofen_dir() -> Path:
+    """Folder of the real Gaofen Level-1A metadata and RPC files (no imagery)."""
+    folder = DATA_DIR / "gaofen"
+    if not folder.is_dir():
+        pytest.skip(f"real Gaofen metadata not found at {folder} (the shared data folder beside the project)")
+    return folder
+
+
+@pytest.fixture(scope="session")
 def l1c_scene(l1c_dir, tmp_path_factory) -> SceneDescription:
     """The L1C crop through a local STAC item: 13 bands at 10, 20 and 60 m, scale 1e-4, no offset."""
     (item,) = build_local_catalog(

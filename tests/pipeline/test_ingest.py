@@ -338,14 +338,11 @@ def test_scenes_across_utm_zones_share_one_grid(l1c_scene, tmp_path):
 
 
 @pytest.fixture
-def gaofen_scene(tmp_path):
+def gaofen_scene(gaofen_dir, tmp_path):
+    """A Gaofen-2 MSS Level-1A scene, 20 times smaller than the real one, through a local STAC item."""
     from catalog import describe_item
     from catalog.gaofen import RadianceCalibration, build_gaofen_items
-    from tests.pipeline.conftest import DATA_DIR
 
-    gaofen_dir = DATA_DIR / "gaofen"
-    if not gaofen_dir.is_dir():
-        pytest.skip(f"real Gaofen metadata not found at {gaofen_dir}")
     folder, values = write_decimated_gf2_delivery(gaofen_dir, tmp_path / "delivery", factor=20)
     calibration = {"MSS": [RadianceCalibration(gain=0.2, bias=0.0, esun=1900.0)] * 4}
     (item,) = build_gaofen_items([folder], tmp_path / "catalog", calibration=calibration)
@@ -372,7 +369,7 @@ def test_gaofen_l1a_placed_through_rpcs(gaofen_scene):
     with RPCTransformer(rpcs) as transformer:
         lons, lats = transformer.xy(rows, columns, offset="lr")  # the centre of each 4 x 4 block
     xs, ys = rasterio.warp.transform("EPSG:4326", "EPSG:32615", lons, lats)
-    grid_columns, grid_rows = ~geobox.affine * (np.asarray(xs), np.asarray(ys))
+    grid_columns, grid_rows = ~geobox.affine @ (np.asarray(xs), np.asarray(ys))
     placed = stored[grid_rows.astype(int), grid_columns.astype(int)]
     expected = encode_reflectance(values[rows, columns] * band.scale + band.offset)
     np.testing.assert_array_equal(placed, expected)

@@ -7,8 +7,11 @@ from typing import Any
 
 import pystac
 import pytest
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import xarray as xr
 from pystac.extensions.classification import ClassificationExtension
 from pystac.extensions.projection import ProjectionExtension
+from pystac.extensions.xarray_assets import XarrayAssetsExtension
 from pystac.validation.stac_validator import JsonSchemaSTACValidator
 from synthetic_predictions import LEGEND, PROVENANCE, ThreeScenes
 
@@ -88,7 +91,15 @@ def test_output_item_assets_resolve(written, item: pystac.Item) -> None:
     for key, path in exports.items():
         assert Path(item.assets[key].get_absolute_href()) == path.resolve()
     assert item.assets["landcover_cog"].media_type == pystac.MediaType.COG
+    assert XarrayAssetsExtension.ext(item.assets["zarr"]).open_kwargs["decode_coords"] == "all"
     assert "overview" in item.assets["landcover_quicklook"].roles
+
+
+def test_output_item_store_opens_with_its_kwargs(written, item: pystac.Item) -> None:
+    asset = item.assets["zarr"]
+    dataset = xr.open_dataset(asset.get_absolute_href(), **XarrayAssetsExtension.ext(asset).open_kwargs)
+    assert dataset.rio.crs == written[0].geobox.crs.proj
+    assert dataset["landcover"].dtype == "uint8"
 
 
 def test_output_item_classification(item: pystac.Item) -> None:
