@@ -10,18 +10,24 @@ holds the rules), and writes one Zarr v3 store::
         cloud_probability          uint8 0-100, nodata 255
         clear_observations         uint16 count
         valid_observations         uint16 count
-        1/, 2/, ...                overviews reduced by 2, 4, ...
-        (root attribute fleximo_completion, written last: :mod:`pipeline.completion`)
+        1/, 2/, ...                overviews reduced by 2, 4, ... (:mod:`pipeline.overviews`)
+
+Root attributes: ``provenance`` (as given by the caller), ``software_version``,
+``compositing``, ``start_datetime``/``end_datetime``, ``input_item_ids``,
+``input_observations``, ``class_pixel_counts`` (value -> pixels at full
+resolution), the ``multiscales`` layout, and ``fleximo_completion``, which
+is written last (:mod:`pipeline.completion`).
 
 Nodata is the Zarr ``fill_value`` of each array (so unwritten chunks read as
 nodata) and the ``nodata`` attribute (rioxarray's ``.rio.nodata``). There is
 deliberately no ``_FillValue`` attribute, because xarray would then turn the
 uint8 classes into floats with NaN. This way class 0 reads back as 0.
 
-NOTE: GDAL reads these stores from version 3.11 on, which added the Zarr v3
-``bytes`` and ``zstd`` codecs (GDAL pull request 11787), and not sharded
-ones; GDAL 3.10 in the rasterio 1.4 wheels rejects them ("Unsupported
-codec: bytes"). The COG exports of :mod:`pipeline.exports` serve GDAL tools.
+NOTE: GDAL 3.10, bundled in the rasterio 1.4.4 wheel, rejects these stores
+("Unsupported codec: bytes"). GDAL added the Zarr v3 ``bytes`` and ``zstd``
+codecs in pull request 11787 (merged February 2025, so expected in 3.11),
+but not sharding. No newer GDAL was tried here. The COG exports of
+:mod:`pipeline.exports` are the path for GDAL tools such as QGIS.
 """
 
 from __future__ import annotations
@@ -80,7 +86,7 @@ _LAYER_DESCRIPTIONS = {
 
 @dataclasses.dataclass(frozen=True)
 class MosaicOptions:
-    """How :func:`build_mosaic` composites and stores the mosaic.
+    """Compositing and storage options of :func:`build_mosaic`.
 
     Attributes
     ----------

@@ -13,9 +13,9 @@ The root group's ``multiscales`` attribute follows the zarr-conventions
 multiscales convention v0.1 (layout entries with ``asset``,
 ``derived_from``, ``transform.scale`` and ``resampling_method``, plus the
 absolute ``proj:transform`` and ``proj:shape`` of each level).
-NOTE: the convention expects every level in a child group; level 0 is the
-root group here and its layout entry names it ``"."``, so viewers that only
-open child groups see the overviews but not full resolution.
+NOTE: the convention expects every level in a child group. Level 0 is the
+root group here, and its layout entry names it ``"."``. Viewers that only
+open child groups therefore see the overviews but not full resolution.
 """
 
 from __future__ import annotations
