@@ -393,3 +393,20 @@ def test_write_input_cube_rejects_decoded_floats(l2a_scene, l2a_dir, tmp_path):
 
     with pytest.raises(ValueError, match="'reflectance' is float32, but the input cube stores int16"):
         write_input_cube(decoded, str(tmp_path / "cube.zarr"))
+
+
+def test_assets_on_s3_read_by_cluster_workers(l1c_scene, l1c_dir, cluster_client, s3_bucket, tmp_path):
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    for name in ("B02", "B05"):
+        client.upload_file(str(l1c_dir / f"{name}.tif"), s3_bucket, f"scene/{name}.tif")
+    bands = tuple(replace(l1c_scene.band(name), href=f"s3://{s3_bucket}/scene/{name}.tif") for name in ("B02", "B05"))
+    remote = replace(l1c_scene, bands=bands)
+    geobox = plan_grid([remote], resolution_m=20)
+    url = str(tmp_path / "cube.zarr")
+
+    write_input_cube(load_observation([remote], geobox, chunk_px=256), url, client=cluster_client)
+
+    expected = load_observation([replace(l1c_scene, bands=tuple(l1c_scene.band(name) for name in ("B02", "B05")))], geobox, chunk_px=256)
+    np.testing.assert_array_equal(open_dataset(url)[layout.REFLECTANCE_VAR].values, expected[layout.REFLECTANCE_VAR].values)
