@@ -130,15 +130,15 @@ def _expected_pointwise(card: PointwiseCard, values: np.ndarray) -> dict[str, np
     reflectance = torch.from_numpy(values.astype(np.float32) * np.float32(layout.REFLECTANCE_SCALE))
     logits = pointwise_logits(reflectance[None], torch.tensor(card.weight), torch.tensor(card.bias))[0].numpy()
     quantized = np.round(np.clip(logits, -LOGIT_LIMIT, LOGIT_LIMIT).astype(np.float64) * LOGIT_SCALE)
-    logits = (quantized / LOGIT_SCALE).astype(np.float32)
+    logits = quantized.astype(np.float32) * np.float32(1 / LOGIT_SCALE)
 
-    shifted = logits - logits.max(axis=0, keepdims=True)
-    exponent = np.exp(shifted)
-    probabilities = exponent / exponent.sum(axis=0, keepdims=True)
-    scaled = np.rint(probabilities * 250).astype(np.uint8)
+    labels = np.where(nodata, 255, logits.argmax(axis=0)).astype(np.uint8)
+    exponent = np.exp(logits - logits.max(axis=0, keepdims=True))
+    inverse_sum = np.float32(1) / exponent.sum(axis=0)
+    probabilities = exponent * inverse_sum
+    scaled = np.rint(probabilities * np.float32(250)).astype(np.uint8)
     scaled[:, nodata] = 255
-    labels = np.where(nodata, 255, probabilities.argmax(axis=0)).astype(np.uint8)
-    confidence = np.where(nodata, 255, np.rint(probabilities.max(axis=0) * 100)).astype(np.uint8)
+    confidence = np.where(nodata, 255, np.rint(inverse_sum * np.float32(100))).astype(np.uint8)
     return {
         layout.LANDCOVER_PROBABILITY_VAR: scaled,
         layout.LANDCOVER_VAR: labels,

@@ -1,0 +1,315 @@
+"""Overhead of the inference stage over the model alone, on CPU, Zarr cube to Zarr prediction store.
+
+For each model and scene size this script
+
+1. writes the peer harness's synthetic 12-band scene (``make_scene.py`` in the
+   peers folder) and converts it to an input cube in the pipeline's layout;
+2. starts a ``LocalCluster`` of one worker process with 2 threads (start-up
+   not timed), and in that worker process times the model alone over the
+   scene's tiles (batch 8, forward passes only, tiles cut before the clock,
+   one warm-up batch not counted), which also loads the model into the
+   worker's cache as the stage would;
+3. times :func:`pipeline.inference.run_inference` from the cube to a new
+   prediction store (all reads, blending and writes included), sampling the
+   worker's RSS every 0.1 s.
+
+Overhead ratio = stage wall seconds / (pure seconds per tile x tiles the
+stage ran). The models are the harness's ``SegViT`` (``vitb``, ``tiny``),
+wrapped to ignore wavelengths and patch size, with tile 256 and stride 192
+(overlap 64). ``--check`` also runs the harness's pointwise ``bandthreshold``
+model and compares the class map with the exact answer, at 2048 and 1999 px.
+
+    .venv/bin/python benchmarks/pipeline_overhead.py --models tiny --sizes 2048 4096
+    .venv/bin/python benchmarks/pipeline_overhead.py --models vitb --sizes 2048 --check
+
+Results are appended as JSON lines to ``--results``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PEERS_DIR = PROJECT_ROOT.parent / "shared" / "peers"
+BANDS_UM = (0.443, 0.49, 0.56, 0.665, 0.705, 0.74, 0.783, 0.842, 0.865, 0.945, 1.61, 2.19)
+THREADS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerModelCard:
+    """A card for one of the peer harness's models: 16 x 16 tokens of 16 px at 10 m, 10 classes."""
+
+    model_name: str
+    name: str = "peer-segvit"
+    task: str = "landcover"
+    reference_gsd_m: float = 10.0
+    reference_patch_size: int = 16
+    token_grid: int = 16
+
+    @property
+    def class_names(self) -> list[str]:
+        return [f"class {index}" for index in range(10)]
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(repr(self).encode()).hexdigest()
+
+    def prepare_input(self, reflectance, wavelengths_um):
+        # The harness's models take the stored integers (reflectance x 10000); rounding undoes the
+        # float32 scaling exactly, which the pointwise check model's thresholds need.
+        return torch.round(reflectance * 10000.0)
+
+    def load_model(self, device):
+        import model as peer_models
+
+        return IgnoreWavelengths(peer_models.build(self.model_name))
+
+
+class IgnoreWavelengths(torch.nn.Module):
+    """Calls a harness model with the tile alone, dropping the pipeline's wavelengths and patch size."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, wavelengths_um=None, patch_size=None):
+        return self.model(x)
+
+
+def make_cube(size: int, work: Path, chunk_px: int) -> str:
+    """Write the harness scene of ``size`` px and convert it to an input cube; return the cube path."""
+    import rasterio
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+    import xarray as xr
+
+    from pipeline import layout
+
+    tif = work / f"scene_{size}.tif"
+    if not tif.exists():
+        subprocess.run([sys.executable, str(PEERS_DIR / "make_scene.py"), "--size", str(size), "--out", str(tif)],
+                       check=True, stdout=subprocess.DEVNULL)
+    cube = work / f"scene_{size}.zarr"
+    if cube.exists():
+        return str(cube)
+    with rasterio.open(tif) as src:
+        values = src.read().astype(np.int16)
+        transform, crs = src.transform, src.crs
+    bands, height, width = values.shape
+    x = transform.c + transform.a * (np.arange(width) + 0.5)
+    y = transform.f + transform.e * (np.arange(height) + 0.5)
+    reflectance = xr.DataArray(
+        values, dims=("band", "y", "x"),
+        coords={"band": np.arange(bands), layout.WAVELENGTH_COORD: ("band", np.asarray(BANDS_UM)), "y": y, "x": x},
+        attrs={"gsd_m": abs(transform.a), "grid_mapping": "spatial_ref"},
+    )
+    dataset = xr.Dataset({layout.REFLECTANCE_VAR: reflectance}, attrs={"gsd_m": abs(transform.a)})
+    dataset = dataset.rio.write_crs(crs).set_coords("spatial_ref")
+    encoding = {layout.REFLECTANCE_VAR: {"chunks": (bands, chunk_px, chunk_px), "_FillValue": layout.REFLECTANCE_FILL}}
+    dataset.to_zarr(cube, mode="w", zarr_format=3, encoding=encoding, consolidated=False)
+    return str(cube)
+
+
+def pure_model_seconds(card, cube_url: str, tile_px: int, overlap_px: int, batch: int, threads: int,
+                       repeat: int) -> dict:
+    """Time the card's model alone over the scene's tiles in this worker process (runs as a Dask task)."""
+    import zarr
+
+    from pipeline import layout, model_cache
+    from pipeline.tiling import tile_grid
+
+    torch.set_num_threads(threads)
+    array = zarr.open_group(cube_url, mode="r")[layout.REFLECTANCE_VAR]
+    _, height, width = array.shape
+    grid = tile_grid(height, width, tile_px, overlap_px)
+    model = model_cache.model_for(card, card.fingerprint(), torch.device("cpu"))
+    wavelengths = list(BANDS_UM)
+
+    def load(tiles):
+        out = np.zeros((len(tiles), array.shape[0], tile_px, tile_px), np.float32)
+        for index, tile in enumerate(tiles):
+            window = array[:, tile.y0: tile.y0 + tile_px, tile.x0: tile.x0 + tile_px]
+            out[index, :, : window.shape[1], : window.shape[2]] = window * np.float32(1e-4)
+        return card.prepare_input(torch.from_numpy(out), wavelengths)
+
+    tiles = list(grid)
+    batches = [tiles[start: start + batch] for start in range(0, len(tiles), batch)]
+    passes = []
+    with torch.inference_mode():
+        model(load(batches[0]), wavelengths_um=wavelengths, patch_size=16)  # warm-up, not counted
+        for _ in range(repeat):
+            seconds = 0.0
+            for tiles_of_batch in batches:
+                inputs = load(tiles_of_batch)
+                started = time.perf_counter()
+                model(inputs, wavelengths_um=wavelengths, patch_size=16)
+                seconds += time.perf_counter() - started
+            passes.append(seconds)
+    seconds = min(passes)
+    return {
+        "seconds": seconds,
+        "tiles": len(tiles),
+        "s_per_tile": seconds / len(tiles),
+        "passes": [round(value, 3) for value in passes],
+        "matmul_precision": torch.get_float32_matmul_precision(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+class RssSampler:
+    """Samples the summed RSS of some processes every ``interval_s`` in a thread."""
+
+    def __init__(self, pids: list[int], interval_s: float = 0.1) -> None:
+        import psutil
+
+        self.processes = [psutil.Process(pid) for pid in pids]
+        self.interval_s = interval_s
+        self.peak = 0
+        self.start = sum(process.memory_info().rss for process in self.processes)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, sum(process.memory_info().rss for process in self.processes))
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_one(model_name: str, size: int, work: Path, block_px: int, check: bool, repeat: int) -> dict:
+    import cloudpickle
+    from distributed import Client, LocalCluster
+
+    from pipeline import layout
+    from pipeline.inference import InferenceOptions, run_inference
+
+    sys.path.insert(0, str(PEERS_DIR))
+    import model as peer_models
+
+    cloudpickle.register_pickle_by_value(peer_models)
+    cube = make_cube(size, work, chunk_px=512)
+    card = PeerModelCard(model_name, name=f"peer-{model_name}")
+    options = InferenceOptions(overlap_px=64, block_px=block_px, chunk_px=512, batch_size=8, threads_per_worker=THREADS)
+    output = work / f"pred_{model_name}_{size}.zarr"
+    subprocess.run(["rm", "-rf", str(output)], check=True)
+
+    with LocalCluster(n_workers=1, threads_per_worker=THREADS, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        worker_pids = list(client.run(os.getpid).values())
+        pure = client.submit(pure_model_seconds, card, cube, 256, 64, 8, THREADS, repeat, pure=False).result()
+        load_before = os.getloadavg()[0]
+        walls, peaks = [], []
+        for _ in range(repeat):
+            subprocess.run(["rm", "-rf", str(output)], check=True)
+            with RssSampler(worker_pids) as rss:
+                started = time.perf_counter()
+                report = run_inference(client, cube, str(output), [card], options)
+                walls.append(time.perf_counter() - started)
+            peaks.append(rss.peak)
+        wall = min(walls)
+        maxrss_kib = client.run(lambda: __import__("resource").getrusage(0).ru_maxrss)
+
+    result = {
+        "tool": "fleximo-pipeline run_inference",
+        "model": model_name,
+        "scene_px": size,
+        "tile": 256,
+        "stride": 192,
+        "batch": 8,
+        "block_px": report.cards[0].block_px,
+        "workers": 1,
+        "threads": THREADS,
+        "tiles": report.tiles_run,
+        "wall_s": round(wall, 3),
+        "wall_s_runs": [round(value, 3) for value in walls],
+        "pure_passes_s": pure["passes"],
+        "pure_s_same_tiles": round(pure["s_per_tile"] * report.tiles_run, 3),
+        "pure_s_per_tile": pure["s_per_tile"],
+        "overhead_ratio": round(wall / (pure["s_per_tile"] * report.tiles_run), 3),
+        "model_s_inside_stage": round(report.model_seconds, 3),
+        "tiles_per_s": round(report.tiles_run / wall, 2),
+        "worker_peak_rss_mb": round(max(peaks) / 2**20, 1),
+        "worker_rss_at_start_mb": round(rss.start / 2**20, 1),
+        "worker_maxrss_mb": round(max(maxrss_kib.values()) / 1024, 1),
+        "matmul_precision": pure["matmul_precision"],
+        "torch": pure["torch"],
+        "python": platform.python_version(),
+        "load_average_1min_at_start": round(load_before, 2),
+    }
+    if check:
+        result["check"] = stitching_check(work, block_px)
+    return result
+
+
+def stitching_check(work: Path, block_px: int) -> dict:
+    """Run the pointwise ``bandthreshold`` model and compare the class map with the exact answer."""
+    import xarray as xr
+    from distributed import Client, LocalCluster
+
+    import model as peer_models
+    from pipeline import layout
+    from pipeline.inference import InferenceOptions, run_inference
+
+    checks = {}
+    options = InferenceOptions(overlap_px=64, block_px=block_px, chunk_px=512, batch_size=8, threads_per_worker=THREADS)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        for size in (2048, 1999):
+            cube = make_cube(size, work, chunk_px=512)
+            output = work / f"pred_bandthreshold_{size}.zarr"
+            subprocess.run(["rm", "-rf", str(output)], check=True)
+            run_inference(client, cube, str(output), [PeerModelCard("bandthreshold", name="bandthreshold")], options)
+            with xr.open_zarr(output, mask_and_scale=False, consolidated=False) as predicted, \
+                    xr.open_zarr(cube, mask_and_scale=False, consolidated=False) as scene:
+                got = predicted[layout.LANDCOVER_VAR].values
+                want = peer_models.reference_threshold(scene[layout.REFLECTANCE_VAR][0].values)
+            wrong = got != want
+            checks[str(size)] = {"ok": not wrong.any(), "wrong_px": int(wrong.sum())}
+    return checks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["tiny"], choices=["tiny", "vitb"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[2048, 4096])
+    parser.add_argument("--block-px", type=int, default=1024, help="block side in pixels (default: the stage's)")
+    parser.add_argument("--work", default="/tmp/fleximo-overhead", help="folder for scenes, cubes and outputs")
+    parser.add_argument("--results", default=None, help="JSON lines file to append to (default: <work>/results.jsonl)")
+    parser.add_argument("--check", action="store_true", help="also run the pointwise stitching check")
+    parser.add_argument("--repeat", type=int, default=2, help="timed runs of the model alone and of the stage; the best is kept")
+    args = parser.parse_args()
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    results = Path(args.results) if args.results else work / "results.jsonl"
+    for index, model_name in enumerate(args.models):
+        for size in args.sizes:
+            check = args.check and index == 0 and size == args.sizes[0]
+            result = run_one(model_name, size, work, args.block_px, check, args.repeat)
+            with open(results, "a") as handle:
+                handle.write(json.dumps(result) + "\n")
+            print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
