@@ -158,6 +158,10 @@ def open_dataset(
         decode_coords="all",
         mask_and_scale=mask_and_scale,
     )
+    # Small 1-D coordinates (band names, wavelengths, class names) are read
+    # now, so that each access does not go back to the store.
+    small = [name for name, coordinate in ds.coords.items() if coordinate.ndim == 1 and coordinate.size <= 100_000]
+    ds = ds.assign_coords({name: ds[name].load() for name in small})
     if SPATIAL_REF in ds.coords and "crs_wkt" in ds[SPATIAL_REF].attrs:
         import rioxarray  # noqa: F401  (registers the .rio accessor)
 
