@@ -252,10 +252,11 @@ def _fill_value_of(variable: xr.DataArray, name: str) -> Any:
 def prepare_encoding(ds: xr.Dataset, chunks: Mapping[str, int] | None = None) -> xr.Dataset:
     """Return a copy of ``ds`` whose encoding writes the stored values unchanged.
 
-    Each data variable keeps its dtype, its ``_FillValue`` becomes the zarr
-    ``fill_value`` (so unwritten chunks read back as nodata), stale attrs that
-    xarray would re-encode (``_FillValue``, ``dtype``) move into the encoding,
-    and chunk sizes come from ``chunks`` or the dask chunks.
+    Each data variable keeps its dtype and values. Its ``_FillValue`` (from
+    attrs or encoding) becomes the zarr ``fill_value``, so unwritten chunks
+    read back as nodata, and stays an attribute for CF readers. Any other
+    encoding, such as a stale ``scale_factor`` from rioxarray, is dropped.
+    Chunk sizes come from ``chunks`` or else the dask chunks.
     """
     ds = ds.copy()
     for name, variable in ds.data_vars.items():
@@ -383,7 +384,7 @@ def write_region(
             raise ValueError(f"variable {name!r} has dims {variable.dims} but the store has {dims}")
         if np.dtype(array.dtype) != variable.dtype:
             raise ValueError(
-                f"variable {name!r} is {variable.dtype} but the store holds {array.dtype}; "
+                f"variable {name!r} is {variable.dtype} but the store contains {array.dtype}; "
                 f"cast it with .astype({str(array.dtype)!r}) before writing"
             )
         selection = _aligned_selection(name, variable, array, region)

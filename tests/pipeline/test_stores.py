@@ -138,7 +138,7 @@ def test_region_write_rejects_wrong_dtype(tmp_path):
     url = str(tmp_path / "predictions.zarr")
     create_empty_store(url, prediction_template())
 
-    with pytest.raises(ValueError, match=r"is int64 but the store holds uint8; cast it"):
+    with pytest.raises(ValueError, match=r"is int64 but the store contains uint8; cast it"):
         write_region(xr.Dataset({"landcover": (("y", "x"), np.zeros((64, 64), dtype=np.int64))}), url, {"y": slice(0, 64), "x": slice(0, 64)})
 
 
@@ -196,3 +196,20 @@ def test_s3_store_round_trip(s3_bucket):
     values = back["landcover"].values
     assert (values[:64, 64:128] == 3).all()
     assert (values[:64, :64] == 255).all()
+
+
+def test_stale_rioxarray_encoding_is_dropped(tmp_path):
+    template = prediction_template()
+    template["landcover"].attrs.update(scale_factor=0.5, add_offset=1.0)
+    template["landcover"].encoding.update(scale_factor=0.5, add_offset=1.0, _FillValue=255, dtype="uint8")
+    url = str(tmp_path / "predictions.zarr")
+
+    create_empty_store(url, template)
+    write_region(xr.Dataset({"landcover": (("y", "x"), np.full((64, 64), 9, dtype=np.uint8))}), url, {"y": slice(0, 64), "x": slice(0, 64)})
+
+    raw = open_dataset(url)["landcover"]
+    assert raw.values[0, 0] == 9
+    assert raw.values[-1, -1] == 255
+    decoded = open_dataset(url, mask_and_scale=True)["landcover"]
+    assert decoded.values[0, 0] == 9 * 0.5 + 1.0
+    assert np.isnan(decoded.values[-1, -1])
