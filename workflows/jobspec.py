@@ -163,7 +163,9 @@ class TilingSpec(_Frozen):
 
 class MosaicSpec(_Frozen):
     method: Literal["clear-weighted", "least-cloudy"] = "clear-weighted"
-    cloud_threshold_pct: float = Field(default=50, ge=0, le=100)
+    cloud_threshold_pct: float = Field(
+        default=50, gt=0, le=100, description="an observation is clear where its cloud probability is below this, percent"
+    )
     export_cog: bool = True
     quicklook: bool = True
 
