@@ -366,16 +366,18 @@ def check_scenes(
             selected = [band for band in scene.bands if band.role in ("reflectance", "classification")]
         else:
             selected = [scene.band(name) for name in bands]
-        band = selected[0]
+        # Bands of one multi-band asset share its href, which is checked once.
+        one_band_per_asset: dict[str, BandInfo] = {}
+        for band in selected:
+            one_band_per_asset.setdefault(band.href, band)
         try:
-            for href in dict.fromkeys(band.href for band in selected):
-                band = next(band for band in selected if band.href == href)
+            for band in one_band_per_asset.values():
                 check_asset(band, retry=retry, sidecars=not scene.map_projected)
         except (AssetReadError, NotGeoreferencedError) as error:
             if on_error == "raise":
                 raise
-            logger.warning("skipping scene %s because an asset failed: %s", scene.item_id, error)
-            skipped.append(SkippedScene(scene.item_id, getattr(error, "href", band.href), str(error)))
+            logger.warning("skipping scene %s because asset %s failed: %s", scene.item_id, band.href, error)
+            skipped.append(SkippedScene(scene.item_id, band.href, str(error)))
             continue
         kept.append(scene)
     return kept, skipped
