@@ -410,3 +410,19 @@ def test_assets_on_s3_read_by_cluster_workers(l1c_scene, l1c_dir, cluster_client
 
     expected = load_observation([replace(l1c_scene, bands=tuple(l1c_scene.band(name) for name in ("B02", "B05")))], geobox, chunk_px=256)
     np.testing.assert_array_equal(open_dataset(url)[layout.REFLECTANCE_VAR].values, expected[layout.REFLECTANCE_VAR].values)
+
+
+def test_load_graph_small_and_deterministic(l1c_scene):
+    import pickle
+
+    geobox = plan_grid([l1c_scene])
+
+    first = load_observation([l1c_scene], geobox, chunk_px=256)[layout.REFLECTANCE_VAR].data
+    second = load_observation([l1c_scene], geobox, chunk_px=256)[layout.REFLECTANCE_VAR].data
+    other = load_observation([l1c_scene], geobox, chunk_px=256, resampling="cubic")[layout.REFLECTANCE_VAR].data
+
+    assert first.name == second.name
+    assert first.name != other.name
+    graph = dict(first.__dask_graph__())
+    assert len(graph) == 4 * 4
+    assert len(pickle.dumps(graph)) < 64 * 1024
