@@ -84,6 +84,7 @@ class TrainSpec(BaseModel):
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
     num_workers: int = Field(default=0, ge=0)
+    torch_threads: int | None = Field(default=None, ge=1, description="CPU threads of this process; default: torch's")
     val_every_epochs: int = Field(default=1, ge=1)
     grad_clip: float | None = Field(default=1.0, gt=0)
     seed: int = 0

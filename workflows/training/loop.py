@@ -184,6 +184,8 @@ def _train(config: FinetuneConfig, chips: ChipSet, context: DistributedContext, 
     if config.task is not None and config.task != chip_spec.task:
         raise ValueError(f"config task {config.task!r} differs from the chips' task {chip_spec.task!r}")
     torch.manual_seed(spec.seed + context.rank)
+    if spec.torch_threads is not None:
+        torch.set_num_threads(spec.torch_threads)
     output = config.output
     output.mkdir(parents=True, exist_ok=True)
 

@@ -136,10 +136,10 @@ def _load_with_head(
         dropped += [key for key in state if key.startswith(_LAST_LAYER_PREFIX)]
     kept = {key: value for key, value in state.items() if key not in dropped}
 
-    config = infer_config(kept, num_heads=num_heads, head="upernet", num_classes=num_classes)
+    config = infer_config(state, num_heads=num_heads, head="upernet", num_classes=num_classes)
     model = FlexiMo(config)
     initialize_weights(model, seed=seed)
-    if detect_head(kept) == "upernet":
+    if stored_head == "upernet":
         missing, unexpected = model.load_state_dict(kept, strict=False)
         missing = [key for key in missing if not key.endswith("num_batches_tracked")]
         if unexpected or any(not key.startswith(f"dense_head.{_LAST_LAYER_PREFIX}") for key in missing):
