@@ -106,7 +106,14 @@ def _read_reflectance_block(request: _BlockRequest, block_info: dict | None = No
         filled = np.zeros(block.shape.yx, dtype=bool)
         for scene in request.scenes_overlapping(block):
             band = scene.band(name)
-            stored = read_band(band, block, resampling=request.resampling, retry=request.retry, sidecars=not scene.map_projected)
+            stored = read_band(
+                band,
+                block,
+                resampling=request.resampling,
+                retry=request.retry,
+                sidecars=not scene.map_projected,
+                overviews=True,
+            )
             take = ~np.isnan(stored)
             take &= ~filled
             if take.any():
@@ -227,8 +234,11 @@ def load_observation(
         Block size in pixels along y and x. One dask task reads one block.
     resampling
         Kernel for reflectance bands (``"bilinear"``, ``"cubic"``, ...).
+        On a grid at least twice as coarse as an asset, reflectance is warped
+        from the asset's coarsest overview that is still as fine as the grid.
         Classification bands always use nearest when upsampling and mode
-        when downsampling, so their values stay valid classes.
+        when downsampling, from full resolution, so their values stay valid
+        classes.
     retry
         Retry policy for transient read failures.
 

@@ -125,6 +125,7 @@ def read_band(
     resampling: ResamplingName = "bilinear",
     retry: RetryPolicy = RetryPolicy(),
     sidecars: bool = False,
+    overviews: bool = False,
 ) -> np.ndarray:
     """Read ``band`` resampled onto ``geobox``.
 
@@ -142,6 +143,11 @@ def read_band(
     sidecars
         Let GDAL look for sidecar files beside the asset (needed for RPCs in
         ``.rpb`` files). Off by default because each probe is a request.
+    overviews
+        Warp from the coarsest overview of the asset that is still at least as
+        fine as ``geobox``, as ``gdalwarp`` does by default. Its values then
+        come from the overview's own resampling, so leave it off for
+        categorical bands.
 
     Returns
     -------
@@ -156,7 +162,7 @@ def read_band(
     NotGeoreferencedError
         If the asset has neither a CRS nor RPCs.
     """
-    return _with_retries(lambda fresh: _warp_band(band, geobox, resampling, sidecars, fresh), band, retry)
+    return _with_retries(lambda fresh: _warp_band(band, geobox, resampling, sidecars, overviews, fresh), band, retry)
 
 
 def check_asset(band: BandInfo, *, retry: RetryPolicy = RetryPolicy(), sidecars: bool = False) -> None:
@@ -242,33 +248,59 @@ def _check_georeferenced(src: rasterio.io.DatasetReader, band: BandInfo) -> None
         )
 
 
-def _warp_band(band: BandInfo, geobox: GeoBox, resampling: ResamplingName, sidecars: bool, fresh: bool) -> np.ndarray:
-    with rasterio.Env(**_gdal_options(band.href, sidecars, fresh)), rasterio.open(band.href) as src:
-        _check_georeferenced(src, band)
-        source_nodata = band.nodata if band.nodata is not None else src.nodata
+def _warp_band(
+    band: BandInfo, geobox: GeoBox, resampling: ResamplingName, sidecars: bool, overviews: bool, fresh: bool
+) -> np.ndarray:
+    with rasterio.Env(**_gdal_options(band.href, sidecars, fresh)):
+        with rasterio.open(band.href) as src:
+            _check_georeferenced(src, band)
+            source_nodata = band.nodata if band.nodata is not None else src.nodata
+            offset = _pixel_offset_on_same_grid(src, geobox)
+            if offset is not None:
+                return _read_window(src, band.band_index, geobox, offset, source_nodata)
+            level = _overview_level(src, band.band_index, geobox) if overviews else None
+            if level is None:
+                return _reproject(src, band.band_index, geobox, resampling, source_nodata)
 
-        offset = _pixel_offset_on_same_grid(src, geobox)
-        if offset is not None:
-            return _read_window(src, band.band_index, geobox, offset, source_nodata)
+        with rasterio.open(band.href, overview_level=level) as overview:
+            return _reproject(overview, band.band_index, geobox, resampling, source_nodata)
 
-        placement: dict = {}
-        if src.crs is None:
-            # NOTE: RPC placement uses the RPCs' mean height offset instead of a
-            # DEM, so relief shifts pixels by roughly height error x tan(view angle).
-            placement = {"rpcs": src.rpcs, "src_crs": "EPSG:4326"}
-        destination = np.full(geobox.shape.yx, np.nan, dtype=np.float32)
-        # NOTE: the warp reads full-resolution pixels even when the grid is much
-        # coarser than the asset; it does not pick a COG overview.
-        reproject(
-            source=rasterio.band(src, band.band_index),
-            destination=destination,
-            src_nodata=source_nodata,
-            dst_transform=geobox.affine,
-            dst_crs=geobox.crs.wkt,
-            dst_nodata=np.nan,
-            resampling=Resampling[resampling],
-            **placement,
-        )
+
+def _overview_level(src: rasterio.io.DatasetReader, band_index: int, geobox: GeoBox) -> int | None:
+    """Return the coarsest overview of ``src`` that is still at least as fine as ``geobox``.
+
+    ``None`` when there is none, or when pixel sizes cannot be compared
+    (RPC placement, or CRS units that differ).
+    """
+    factors = src.overviews(band_index)
+    if not factors or src.crs is None or geobox.crs is None:
+        return None
+    if CRS(src.crs.to_wkt()).units != geobox.crs.units:
+        return None
+    ratio = abs(geobox.resolution.x) / abs(src.transform.a)
+    usable = [level for level, factor in enumerate(factors) if factor <= ratio]
+    return usable[-1] if usable else None
+
+
+def _reproject(
+    src: rasterio.io.DatasetReader, band_index: int, geobox: GeoBox, resampling: ResamplingName, nodata: float | None
+) -> np.ndarray:
+    placement: dict = {}
+    if src.crs is None:
+        # NOTE: RPC placement uses the RPCs' mean height offset instead of a
+        # DEM, so relief shifts pixels by roughly height error x tan(view angle).
+        placement = {"rpcs": src.rpcs, "src_crs": "EPSG:4326"}
+    destination = np.full(geobox.shape.yx, np.nan, dtype=np.float32)
+    reproject(
+        source=rasterio.band(src, band_index),
+        destination=destination,
+        src_nodata=nodata,
+        dst_transform=geobox.affine,
+        dst_crs=geobox.crs.wkt,
+        dst_nodata=np.nan,
+        resampling=Resampling[resampling],
+        **placement,
+    )
     return destination
 
 

@@ -232,3 +232,43 @@ def test_blocks_skip_scenes_they_miss(l1c_scene, file_server):
 
     assert (stored != layout.REFLECTANCE_FILL).all()
     assert "B02-far.tif" not in [name for _, name, _ in file_server.requests()]
+
+
+def write_tiff_with_stale_overviews(path) -> GeoBox:
+    """Write a 512 px GeoTIFF whose overviews hold 1000 while the full resolution holds 2000.
+
+    The difference shows which level a read came from.
+    """
+    from rasterio.enums import Resampling
+    from rasterio.transform import from_origin
+
+    profile = {
+        "driver": "GTiff", "width": 512, "height": 512, "count": 1, "dtype": "uint16",
+        "crs": "EPSG:32633", "transform": from_origin(500_000, 5_000_000, 10, 10), "tiled": True, "nodata": 0,
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.full((1, 512, 512), 1000, dtype=np.uint16))
+        dst.build_overviews([2, 4, 8], Resampling.average)
+    with rasterio.open(path, "r+") as dst:
+        dst.write(np.full((1, 512, 512), 2000, dtype=np.uint16))
+    with rasterio.open(path) as src:
+        return GeoBox(src.shape, src.transform, src.crs.to_wkt())
+
+
+@pytest.mark.parametrize(
+    ("zoom", "overviews", "expected"),
+    [
+        (4, True, 1000),  # the 4x overview
+        (6, True, 1000),  # the 4x overview, the coarsest still finer than the grid
+        (4, False, 2000),  # full resolution
+        (1.5, True, 2000),  # no overview as fine as a 15 m grid
+    ],
+)
+def test_read_band_overview_choice(tmp_path, zoom, overviews, expected):
+    full = write_tiff_with_stale_overviews(tmp_path / "stale.tif")
+    band = replace(_band("B02"), href=str(tmp_path / "stale.tif"), nodata=0)
+
+    values = read_band(band, full.zoom_out(zoom), resampling="bilinear", overviews=overviews, retry=FAST_RETRY)
+
+    assert np.nanmin(values) == expected
+    assert np.nanmax(values) == expected
