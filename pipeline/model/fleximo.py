@@ -95,6 +95,7 @@ class FlexiMo(nn.Module):
             self.dense_head = UPerNetHead(config)
         self._pos_cache: TensorCache[torch.Tensor] = TensorCache(POS_EMBED_CACHE_SIZE)
         self._prepared_cache: TensorCache[list[dict[str, PreparedLinear]]] = TensorCache(2)
+        self._head_cache: TensorCache[UPerNetHead] = TensorCache(2)
         # Inference on the CPU runs the blocks' linear layers through prepacked
         # oneDNN weights, which doubles their memory; set False to save it.
         self.prepare_linears = True
@@ -117,6 +118,24 @@ class FlexiMo(nn.Module):
             key, lambda: [block.prepare_linears(dtype, device) for block in self.blocks]
         )
 
+    def inference_head(self, dtype: torch.dtype, device: torch.device) -> UPerNetHead:
+        """Return the dense head folded for inference (see ``UPerNetHead.inference_copy``), cached."""
+        assert self.dense_head is not None
+        head = self.dense_head
+        key = (dtype, device, weights_version([*head.parameters(), *head.buffers()]))
+        return self._head_cache.get_or_compute(key, lambda: head.inference_copy(dtype, device))
+
+    def _run_dense_head(self, features: torch.Tensor, size: tuple[int, int], precision: Precision) -> torch.Tensor:
+        assert self.dense_head is not None
+        head = self.dense_head
+        if self.training or (torch.is_grad_enabled() and any(p.requires_grad for p in head.parameters())):
+            with autocast(features.device, precision):
+                return head(features, size)
+        dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+        features = features.to(dtype=dtype, memory_format=torch.channels_last)
+        with autocast(features.device, "float32"):
+            return self.inference_head(dtype, features.device)(features, size).contiguous()
+
     def _use_prepared_linears(self, dtype: torch.dtype, device: torch.device) -> bool:
         if torch.is_grad_enabled() and any(p.requires_grad for p in self.blocks.parameters()):
             return False
@@ -132,6 +151,7 @@ class FlexiMo(nn.Module):
         self.patch_embed.clear_cache()
         self._pos_cache.clear()
         self._prepared_cache.clear()
+        self._head_cache.clear()
 
     def forward_tokens(
         self,
@@ -217,10 +237,7 @@ class FlexiMo(nn.Module):
             or bfloat16 on a device without support.
         """
         features = self.forward_features(x, wavelengths_um=wavelengths_um, patch_size=patch_size, precision=precision)
+        if self.head is None:
+            return self._run_dense_head(features, (x.shape[-2], x.shape[-1]), precision).float()
         with autocast(x.device, precision):
-            if self.head is not None:
-                logits = self.head(features)
-            else:
-                assert self.dense_head is not None
-                logits = self.dense_head(features, (x.shape[-2], x.shape[-1]))
-        return logits.float()
+            return self.head(features).float()

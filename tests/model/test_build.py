@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,26 +13,26 @@ import torch
 from pipeline.model import MODEL_PRESETS, ModelConfig, build_model, preset_config
 
 
-def _digest_script(preset: str, seed: int) -> str:
-    return (
-        "import hashlib, torch\n"
-        "from pipeline.model import MODEL_PRESETS, build_model\n"
-        f"model = build_model(MODEL_PRESETS[{preset!r}], seed={seed})\n"
-        "digest = hashlib.sha256()\n"
-        "for key, value in model.state_dict().items():\n"
-        "    digest.update(key.encode()); digest.update(value.contiguous().numpy().tobytes())\n"
-        "print(digest.hexdigest())\n"
-    )
+def weights_digest(preset: str, seed: int) -> str:
+    """Return a SHA-256 of the seeded model's state dict (run in this or another process)."""
+    model = build_model(MODEL_PRESETS[preset], seed=seed)
+    digest = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def test_same_seed_same_weights_across_processes() -> None:
-    command = [sys.executable, "-c", _digest_script("tiny_upernet", 42)]
+    script = "from tests.model.test_build import weights_digest; print(weights_digest('tiny_upernet', 42))"
+    root = Path(__file__).resolve().parents[2]
 
-    first = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
-    second = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+    other_process = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=root
+    ).stdout.strip()
 
-    assert len(first) == 64
-    assert first == second
+    assert len(other_process) == 64
+    assert other_process == weights_digest("tiny_upernet", 42)
 
 
 def test_different_seeds_differ() -> None:

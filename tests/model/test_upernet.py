@@ -103,3 +103,23 @@ def test_single_token_grid_rejected(tiny_upernet: FlexiMo) -> None:
     # The tiny head's 8-channel branch has 8 GroupNorm groups of one channel.
     with pytest.raises(ValueError, match="cannot normalise a 1x1 token grid"):
         tiny_upernet(torch.zeros(1, 4, 48, 48), wavelengths_um=WAVES, patch_size=48)
+
+
+def test_folded_inference_head_matches_modules() -> None:
+    model = build_model(MODEL_PRESETS["tiny_upernet"].replace(num_classes=3), seed=4)
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.copy_(torch.rand(module.num_features, generator=generator) - 0.5)
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+    x = torch.randn(2, 4, 64, 48, generator=generator)
+
+    with torch.no_grad():
+        folded = model(x, wavelengths_um=WAVES, patch_size=8)
+    with torch.enable_grad():
+        unfolded = model(x, wavelengths_um=WAVES, patch_size=8)
+
+    assert unfolded.requires_grad
+    assert folded.is_contiguous()
+    torch.testing.assert_close(folded, unfolded.detach(), rtol=1e-4, atol=1e-4)
