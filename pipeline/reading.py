@@ -29,6 +29,7 @@ from rasterio.windows import Window
 from rasterio.warp import reproject
 
 from catalog.scene import BandInfo, SceneDescription
+from catalog.signing import sign_planetary_computer_href
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ def check_asset(band: BandInfo, *, retry: RetryPolicy = RetryPolicy(), sidecars:
     """
 
     def open_asset(fresh: bool) -> None:
-        with rasterio.Env(**_gdal_options(band.href, sidecars, fresh)), rasterio.open(band.href) as src:
+        with rasterio.Env(**_gdal_options(band.href, sidecars, fresh)), rasterio.open(_signed(band.href)) as src:
             _check_georeferenced(src, band)
 
     _with_retries(open_asset, band, retry)
@@ -221,6 +222,15 @@ def _with_retries(operation: Callable[[bool], T], band: BandInfo, retry: RetryPo
 _VSI_PREFIXES = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/", "az": "/vsiaz/"}
 
 
+def _signed(href: str) -> str:
+    """Return ``href`` ready to open: Planetary Computer blob URLs get a fresh SAS token.
+
+    Signing happens here, at read time, because tokens expire during long jobs;
+    messages keep naming the unsigned ``band.href``.
+    """
+    return sign_planetary_computer_href(href)
+
+
 def gdal_path(href: str) -> str:
     """Return the GDAL virtual file system path of ``href`` (``s3://b/k`` -> ``/vsis3/b/k``)."""
     scheme, _, rest = href.partition("://")
@@ -252,7 +262,8 @@ def _warp_band(
     band: BandInfo, geobox: GeoBox, resampling: ResamplingName, sidecars: bool, overviews: bool, fresh: bool
 ) -> np.ndarray:
     with rasterio.Env(**_gdal_options(band.href, sidecars, fresh)):
-        with rasterio.open(band.href) as src:
+        href = _signed(band.href)
+        with rasterio.open(href) as src:
             _check_georeferenced(src, band)
             source_nodata = band.nodata if band.nodata is not None else src.nodata
             offset = _pixel_offset_on_same_grid(src, geobox)
@@ -262,7 +273,7 @@ def _warp_band(
             if level is None:
                 return _reproject(src, band.band_index, geobox, resampling, source_nodata)
 
-        with rasterio.open(band.href, overview_level=level) as overview:
+        with rasterio.open(href, overview_level=level) as overview:
             return _reproject(overview, band.band_index, geobox, resampling, source_nodata)
 
 
