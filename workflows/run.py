@@ -24,12 +24,13 @@ from pipeline import layout
 from pipeline.exports import export_cogs, write_quicklooks
 from pipeline.inference import run_inference
 from pipeline.ingest import load_observation, write_input_cube
+from pipeline.reading import check_scenes
 from pipeline.manifest import Manifest
 from pipeline.mosaic import MosaicOptions, build_mosaic
 from pipeline.stac_output import write_output_item
 from pipeline.stores import join_url
 from workflows.jobspec import JobError, JobSpec
-from workflows.plan import RunPlan, inference_options, make_plan
+from workflows.plan import ObservationPlan, RunPlan, inference_options, make_plan
 
 logger = logging.getLogger(__name__)
 
@@ -109,27 +110,59 @@ def _check_resumable(manifest: Manifest, plan: RunPlan) -> None:
         )
 
 
-def _ingest(plan: RunPlan, client: distributed.Client, manifest: Manifest, progress: Progress | None) -> None:
+def _ingest(
+    plan: RunPlan, client: distributed.Client, manifest: Manifest, progress: Progress | None
+) -> list[ObservationPlan]:
+    """Write the input cube of every observation; return the observations that have one.
+
+    With ``on_error: skip`` a scene whose assets cannot be read is left out and
+    recorded in the manifest; an observation left with no scene is dropped.
+    """
+    on_error = "skip" if plan.job.on_error == "skip" else "raise"
+    ingested: list[ObservationPlan] = []
+    skipped_records: list[dict[str, str]] = []
     total = len(plan.observations)
+
     for index, observation in enumerate(plan.observations):
         if plan.job.resume and manifest.is_done("ingest", observation.observation_id):
             logger.info("ingest: %s already done, skipped", observation.observation_id)
+            ingested.append(observation)
         else:
-            dataset = load_observation(
-                observation.scenes, plan.geobox, chunk_px=plan.job.tiling.block_px
-            )
-            write_input_cube(dataset, plan.cube_url(observation), client=client)
-            manifest.mark_done("ingest", observation.observation_id)
+            kept, skipped = check_scenes(observation.scenes, on_error=on_error)
+            for record in skipped:
+                logger.warning("ingest: scene %s skipped: %s (%s)", record.item_id, record.reason, record.href)
+                skipped_records.append(record.to_dict())
+            if kept:
+                observation = dataclasses.replace(observation, scenes=tuple(kept))
+                dataset = load_observation(observation.scenes, plan.geobox, chunk_px=plan.job.tiling.block_px)
+                write_input_cube(dataset, plan.cube_url(observation), client=client)
+                manifest.mark_done("ingest", observation.observation_id)
+                ingested.append(observation)
+            else:
+                logger.warning("ingest: observation %s dropped: none of its scenes could be read", observation.observation_id)
         if progress:
             progress("ingest", index + 1, total)
 
+    if skipped_records:
+        manifest.set_stage("ingest", skipped_scenes=skipped_records)
+        manifest.save()
+    if not ingested:
+        raise RuntimeError(
+            f"no observation of job {plan.job.name!r} could be read; the run manifest lists the skipped scenes"
+        )
+    return ingested
+
 
 def _infer(
-    plan: RunPlan, client: distributed.Client, manifest: Manifest, progress: Progress | None
+    plan: RunPlan,
+    observations: list[ObservationPlan],
+    client: distributed.Client,
+    manifest: Manifest,
+    progress: Progress | None,
 ) -> tuple[int, int]:
     options = inference_options(plan.job)
     tiles_run = tiles_skipped = 0
-    for observation in plan.observations:
+    for observation in observations:
         if plan.job.resume and manifest.is_done("infer", observation.observation_id):
             logger.info("infer: %s already done, skipped", observation.observation_id)
             continue
@@ -153,12 +186,12 @@ def _infer(
     return tiles_run, tiles_skipped
 
 
-def _mosaic(plan: RunPlan, client: distributed.Client) -> dict[str, str]:
+def _mosaic(plan: RunPlan, observations: list[ObservationPlan], client: distributed.Client) -> dict[str, str]:
     job = plan.job
     legend = plan.cards["landcover"].classes if "landcover" in plan.cards else []
     options = MosaicOptions(method=job.mosaic.method, cloud_threshold_pct=job.mosaic.cloud_threshold_pct)
     build_mosaic(
-        [plan.prediction_url(observation) for observation in plan.observations],
+        [plan.prediction_url(observation) for observation in observations],
         plan.mosaic_url,
         legend=legend,
         provenance=provenance(plan),
@@ -177,7 +210,7 @@ def _mosaic(plan: RunPlan, client: distributed.Client) -> dict[str, str]:
         if job.mosaic.quicklook:
             exports.update(write_quicklooks(plan.mosaic_url, export_dir))
         item_path = Path(job.output_root) / "mosaic.stac.json"
-        input_items = [scene.item_id for obs in plan.observations for scene in obs.scenes]
+        input_items = [scene.item_id for obs in observations for scene in obs.scenes]
         write_output_item(plan.mosaic_url, item_path, input_items=input_items, exports=exports)
         outputs["stac_item"] = str(item_path)
     outputs.update({name: str(path) for name, path in exports.items()})
@@ -236,18 +269,18 @@ def run_job(
     outputs: dict[str, str] = {"inputs": join_url(job.output_root, layout.INPUTS_DIR)}
 
     start = time.perf_counter()
-    _ingest(plan, client, manifest, progress)
+    observations = _ingest(plan, client, manifest, progress)
     seconds["ingest"] = time.perf_counter() - start
 
     if stop_after != "ingest":
         start = time.perf_counter()
-        tiles, tiles_skipped = _infer(plan, client, manifest, progress)
+        tiles, tiles_skipped = _infer(plan, observations, client, manifest, progress)
         seconds["infer"] = time.perf_counter() - start
         outputs["predictions"] = join_url(job.output_root, layout.PREDICTIONS_DIR)
 
     if stop_after is None:
         start = time.perf_counter()
-        outputs.update(_mosaic(plan, client))
+        outputs.update(_mosaic(plan, observations, client))
         seconds["mosaic"] = time.perf_counter() - start
         manifest.mark_done("mosaic", "all")
     else:
@@ -255,8 +288,8 @@ def run_job(
 
     return RunSummary(
         job=job.name,
-        scenes=sum(len(obs.scenes) for obs in plan.observations),
-        observations=len(plan.observations),
+        scenes=sum(len(obs.scenes) for obs in observations),
+        observations=len(observations),
         area_km2=plan.area_km2,
         tiles=tiles,
         tiles_skipped=tiles_skipped,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,9 +21,10 @@ import xarray as xr
 import yaml
 from PIL import Image
 
+from catalog import build_local_catalog
 from pipeline import layout
 from pipeline.stores import open_dataset
-from workflows.jobspec import load_job
+from workflows.jobspec import JobSpec, load_job
 from workflows.plan import make_plan
 from workflows.run import run_job
 
@@ -116,9 +118,15 @@ def test_every_pixel_covered(finished_run):
     cloud = mosaic[layout.CLOUD_PROBABILITY_VAR].values
     observed = mosaic[layout.CLEAR_OBSERVATIONS_VAR].values
     assert landcover.shape == (1020, 1020)
-    # The crop has no nodata, so every pixel is observed and gets a cloud value.
-    assert (cloud != layout.PROBABILITY_FILL).all()
-    assert (cloud <= 100).all()
+
+    # Every pixel with valid input gets a cloud value; pixels where a band is
+    # nodata (the crop's B10 holds a few DN 0, Sentinel-2's nodata value)
+    # stay nodata instead of reaching the model.
+    cube = open_dataset(str(next((Path(job.output_root) / layout.INPUTS_DIR).glob("*.zarr"))))
+    valid = (cube[layout.REFLECTANCE_VAR].values != layout.REFLECTANCE_FILL).all(axis=0)
+    assert valid.mean() > 0.99
+    assert ((cloud != layout.PROBABILITY_FILL) == valid).all()
+    assert (cloud[valid] <= 100).all()
     # Land cover is nodata exactly where no observation was clear.
     assert ((landcover == layout.LANDCOVER_NODATA) == (observed == 0)).all()
     classes = np.unique(landcover[landcover != layout.LANDCOVER_NODATA])
@@ -213,3 +221,42 @@ def test_cli_bad_job_exits_nonzero(tmp_path):
     assert result.returncode == 1
     assert "sources" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture
+def broken_catalog(tmp_path) -> tuple[Path, Path]:
+    """A local catalog of a copy of the real crop whose B03 file is then cut short,
+    as an interrupted download leaves it. Returns the catalog folder and the broken file."""
+    folder = tmp_path / "T18SVG_20160112_L1C_crop"
+    folder.mkdir()
+    for path in CROP_DIR.glob("*.tif"):
+        (folder / path.name).write_bytes(path.read_bytes())
+    build_local_catalog(
+        [folder], tmp_path / "catalog", sensor="sentinel-2a", collection="sentinel-2-l1c", datetime="2016-01-12", offset=0.0
+    )
+    broken = folder / "B03.tif"
+    broken.write_bytes(broken.read_bytes()[:300])
+    return tmp_path / "catalog", broken
+
+
+def catalog_job(tmp_path: Path, catalog_dir: Path, **changes) -> JobSpec:
+    source = {"kind": "catalog", "catalog": str(catalog_dir), "collections": ["sentinel-2-l1c"]}
+    return load_job(write_job(tmp_path, tmp_path / "out", sources=[source], **changes))
+
+
+def test_unreadable_asset_fails_naming_it(tmp_path, broken_catalog):
+    catalog_dir, broken = broken_catalog
+    with pytest.raises(Exception, match=re.escape(str(broken))):
+        run_job(catalog_job(tmp_path, catalog_dir))
+    assert not (tmp_path / "out" / layout.MOSAIC_NAME).exists()
+
+
+def test_unreadable_asset_skipped_when_allowed(tmp_path, broken_catalog):
+    catalog_dir, broken = broken_catalog
+    with pytest.raises(RuntimeError, match=r"no observation of job 'e2e_crop' could be read"):
+        run_job(catalog_job(tmp_path, catalog_dir, on_error="skip"))
+    manifest = json.loads((tmp_path / "out" / layout.MANIFEST_NAME).read_text())
+    skipped = manifest["stages"]["ingest"]["skipped_scenes"]
+    assert len(skipped) == 1
+    assert skipped[0]["href"].endswith("B03.tif")
+    assert not (tmp_path / "out" / layout.MOSAIC_NAME).exists()
