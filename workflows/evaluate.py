@@ -108,6 +108,7 @@ def predict_scene(
     *,
     model: torch.nn.Module | None = None,
     patch_size: int | None = None,
+    min_patch: int = 4,
     overlap_fraction: float = 0.25,
     batch_size: int = 16,
     device: str = "auto",
@@ -120,9 +121,12 @@ def predict_scene(
         ``(C, H, W)`` float reflectance (0-1); NaN marks missing pixels.
     wavelengths_um, gsd_m
         Band centre wavelengths (µm) and the scene's GSD (m).
+    min_patch
+        Smallest patch size accepted by :func:`pipeline.tiling.choose_patch_size`;
+        lower it to match a fine-GSD model on a coarse scene.
     overlap_fraction
-        Tile overlap as a fraction of the tile side; overlapping logits are
-        blended with :func:`pipeline.tiling.blend_window`.
+        Tile overlap as a fraction of the tile side; overlapping probabilities
+        are blended with :func:`pipeline.tiling.blend_window`.
 
     Returns
     -------
@@ -132,7 +136,8 @@ def predict_scene(
     """
     resolved = resolve_device(device)
     model = model if model is not None else load_model_from_card(card, device=resolved)
-    patch = choose_patch_size(card.reference_gsd_m, card.reference_patch_size, gsd_m, override=patch_size)
+    patch = choose_patch_size(card.reference_gsd_m, card.reference_patch_size, gsd_m, override=patch_size,
+                              min_patch=min_patch)
     tile_px = card.token_grid * patch
     channels, height, width = reflectance.shape
     grid = tile_grid(height, width, tile_px, min(tile_px // 2, int(round(overlap_fraction * tile_px))))

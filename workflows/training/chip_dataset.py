@@ -1,8 +1,8 @@
 """Chip sets: image/mask GeoTIFF pairs with their spec, as a PyTorch dataset.
 
 A :class:`ChipSet` is the list of chips a reader found (each with its split
-and the scene block it came from) plus the :class:`ChipSpec` that says what
-the values mean. :class:`ChipDataset` serves one split of it as
+and the scene block it came from) plus the :class:`ChipSpec` that describes
+what the values mean. :class:`ChipDataset` serves one split of it as
 ``(reflectance (C, H, W) float32, mask (H, W) int64)`` pairs, with
 reflectance already scaled to 0-1 and nodata pixels masked out.
 """

@@ -1,7 +1,7 @@
 """The YAML file that describes a folder of training chips.
 
-A chip folder holds image GeoTIFFs and mask GeoTIFFs with matching names and
-one ``chips.yaml`` that says what the pixels mean::
+A chip folder contains image GeoTIFFs and mask GeoTIFFs with matching names
+and one ``chips.yaml`` that describes what the pixels mean::
 
     name: l8-cloud
     task: cloud                 # landcover | cloud

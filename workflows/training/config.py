@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 
 class ChipSource(BaseModel):
-    """Where the chips are and how to read them."""
+    """Location and layout of the chips, and how to split them."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -53,7 +53,7 @@ class InitSpec(BaseModel):
     seed: int = 0
     reference_gsd_m: float | None = Field(default=None, gt=0, description="default: the card's, else the chips' GSD")
     reference_patch_size: int | None = Field(default=None, ge=1, description="default: the card's, else 16")
-    input_scaling: dict[str, Any] | None = Field(default=None, description="default: the card's, else reflectance statistics of the chips")
+    input_scaling: dict[str, Any] | None = Field(default=None, description="default: the card's; from scratch, per-band statistics of the training chips")
 
     @model_validator(mode="after")
     def _complete(self) -> InitSpec:

@@ -2,8 +2,8 @@
 
 Neighbouring pixels are strongly correlated, so a validation set of random
 pixels or random overlapping chips measures memorisation. The scene is cut
-into square blocks first; whole blocks go to validation, and chips never
-straddle a block edge, so no validation pixel is ever inside a training chip.
+into square blocks first, and whole blocks go to validation. Chips never
+straddle a block edge, so no validation pixel is inside a training chip.
 
 Which blocks go to validation is chosen by systematic sampling over the
 blocks sorted by their share of minority-class pixels: every k-th block for a
@@ -94,18 +94,18 @@ def choose_validation_blocks(scores: Sequence[float], val_fraction: float) -> li
         )
 
     order = sorted(range(count), key=lambda i: (scores[i], i))
-    wanted = min(count - 1, max(1, int(round(count * val_fraction))))
-    step = count / wanted
-    chosen = {order[min(count - 1, int(step * k + step / 2))] for k in range(wanted)}
+    held_out = min(count - 1, max(1, int(round(count * val_fraction))))
+    step = count / held_out
+    chosen = {order[min(count - 1, int(step * k + step / 2))] for k in range(held_out)}
     return sorted(chosen)
 
 
 def chip_windows(block: Block, chip_size: int, stride: int) -> list[tuple[int, int]]:
     """Return the ``(row, col)`` upper-left corners of chips that fit inside ``block``.
 
-    Chips are laid out from the block's corner with ``stride``; when the block
+    Chips are laid out from the block's corner with ``stride``. When the block
     is not a whole number of strides, one more chip is aligned to the block's
-    far edge so the block is covered completely.
+    far edge, so the block is covered completely.
     """
     if chip_size <= 0 or stride <= 0:
         raise ValueError(f"chip_size and stride must be positive, got {chip_size} and {stride}")

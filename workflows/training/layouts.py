@@ -9,7 +9,7 @@
       SegMunich/dataset/val.txt
 
   Masks store Corine-style codes for some classes (21, 22, 23, 31, 32, 33,
-  41, 13, 14), remapped here to the 13 class ids; images store L1C
+  41, 13, 14), which are remapped here to the 13 class ids. Images store L1C
   reflectance × 10000.
 
 * GF12MS-WHU (Gaofen-1 PMS 8 m and Gaofen-2 PMS 4 m cloud chips, 250 × 250 px,
@@ -53,7 +53,7 @@ SEGMUNICH_CLASSES = (
 SEGMUNICH_LABEL_MAP = {21: 1, 22: 2, 23: 3, 31: 4, 32: 6, 33: 7, 41: 8, 13: 9, 14: 10}
 
 # GF-1 PMS and GF-2 PMS share the multispectral band design (blue, green,
-# red, NIR); the dataset states 8 m and 4 m for its GF-1 and GF-2 chips.
+# red, NIR). The dataset states 8 m and 4 m for its GF-1 and GF-2 chips.
 GAOFEN_MS_WAVELENGTHS_UM = tuple(float(GF1_PMS.find_band(b).wavelength_um) for b in ("B1", "B2", "B3", "B4"))  # type: ignore[union-attr, arg-type]
 GF12MS_WHU_SENSORS = {"gf1": ("GF1MS-WHU", 8.0), "gf2": ("GF2MS-WHU", 4.0)}
 

@@ -1,9 +1,9 @@
 """The fine-tuning loop: AdamW, warm-up and cosine schedule, class weights, DDP.
 
 :func:`train` runs in one process (CPU or one GPU) or in each process of a
-``torchrun`` group. Every process computes the same schedule; the main
-process alone writes ``last.pt`` (full training state, for resuming), the
-final and best weights with their model cards, and ``history.jsonl``.
+``torchrun`` group. Every process computes the same schedule. Only the main
+process writes files: ``last.pt`` (the full training state, for resuming),
+the final and best weights with their model cards, and ``history.jsonl``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from workflows.training.distributed import (
     shutdown_distributed,
 )
 from workflows.training.metrics import SegmentationReport, confusion_matrix, segmentation_report
-from workflows.training.model_setup import build_initial_model, save_weights, write_model_card
+from workflows.training.model_setup import build_initial_model, reflectance_statistics, save_weights, write_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +70,11 @@ class TrainingResult:
 def class_weights(counts: np.ndarray, rule: str | list[float]) -> torch.Tensor | None:
     """Loss weights per class from training pixel counts ``(K,)``.
 
-    ``"inverse-sqrt"``: ``1 / sqrt(share)``, ``"enet"``: ``1 / ln(1.02 + share)``
-    (Paszke et al., 2016), both normalised to a pixel-weighted mean of 1 and
-    capped at 50 so an almost absent class cannot dominate; ``"none"``: no
-    weighting; a list gives the weights directly.
+    ``"inverse-sqrt"`` is ``1 / sqrt(share)`` and ``"enet"`` is
+    ``1 / ln(1.02 + share)`` (the ENet weighting). Both are normalised to a
+    pixel-weighted mean of 1 and capped at 50, so an almost absent class
+    cannot dominate. ``"none"`` means no weighting, and a list gives the
+    weights directly.
     """
     if isinstance(rule, list):
         if len(rule) != len(counts):
@@ -165,11 +166,11 @@ def headline_score(report: SegmentationReport) -> float:
 
 
 def train(config: FinetuneConfig, chips: ChipSet, progress: ProgressCallback | None = None) -> TrainingResult:
-    """Fine-tune a FlexiMo model on ``chips`` as ``config`` says.
+    """Fine-tune a FlexiMo model on ``chips`` with the settings of ``config``.
 
-    Resumes from ``<output>/last.pt`` when ``config.resume`` is set and the
-    file exists; the run then continues at the saved step with the saved
-    optimiser, schedule and random state.
+    When ``config.resume`` is set and ``<output>/last.pt`` exists, the run
+    continues at the saved step with the saved optimiser, schedule and random
+    state.
     """
     context = init_distributed(config.train.device)
     try:
@@ -199,6 +200,9 @@ def _train(config: FinetuneConfig, chips: ChipSet, context: DistributedContext, 
     chip_px = train_set.read(0)[0].shape[-1]
     grid = token_grid((chip_px, chip_px), patch_size)[0]
 
+    if initial.input_scaling is None:
+        initial.input_scaling = reflectance_statistics(train_set)
+        logger.info("input scaling from the training chips: %s", initial.input_scaling)
     model = initial.model.to(context.device)
     model.train()
     groups = _parameter_groups(model, config)

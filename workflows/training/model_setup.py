@@ -1,9 +1,9 @@
 """Starting weights of a fine-tuning run, and the model card written for its result.
 
 A run starts from scratch (a preset with seeded weights), from a DOFA
-backbone (a fresh dense head is attached) or from an earlier FlexiMo model
-(its head is kept; only the last classifier layer is replaced when the class
-count changes). The card of the result records what inference needs to use
+backbone (a fresh dense head is attached) or from an earlier FlexiMo model.
+An earlier model keeps its head, and only its last classifier layer is
+replaced when the class count changes. The card of the result records what inference needs to use
 it the way it was trained: bands, input scaling, and the GSD and patch size
 of the training chips.
 """
@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from pydantic import TypeAdapter
@@ -33,7 +34,8 @@ from pipeline.model import (
     read_state_dict,
 )
 from pipeline.model.checkpoint import detect_head, load_state_into
-from pipeline.model.scaling import InputScaling, ReflectanceScaling
+from pipeline.model.scaling import BandStats, InputScaling, ReflectanceScaling
+from workflows.training.chip_dataset import ChipDataset
 from workflows.training.chip_spec import ChipSpec
 from workflows.training.config import InitSpec
 
@@ -48,17 +50,46 @@ _LAST_LAYER_PREFIX = "cls_seg."
 class InitialModel:
     """The model to train and the facts its new card inherits.
 
-    ``base_card`` is the card of the starting checkpoint, if any;
-    ``reference_gsd_m`` and ``reference_patch_size`` choose the training
-    patch size for the chips' GSD exactly as inference does for a scene.
+    ``base_card`` is the card of the starting checkpoint, if any.
+    ``reference_gsd_m`` and ``reference_patch_size`` choose the training patch
+    size for the chips' GSD in the same way as inference does for a scene.
     """
 
     model: FlexiMo
     base_card: ModelCard | None
     reference_gsd_m: float
     reference_patch_size: int
-    input_scaling: Any
+    input_scaling: Any | None
     fresh_parameters: tuple[str, ...]
+
+
+def reflectance_statistics(dataset: ChipDataset, max_chips: int = 512) -> ReflectanceScaling:
+    """Per-band mean and standard deviation of the chips' labelled pixels, as a card's input scaling.
+
+    Used for models trained from scratch. At most ``max_chips`` chips, evenly
+    spaced through the dataset, are read.
+    """
+    spec = dataset.spec
+    step = max(1, len(dataset) // max_chips)
+    sums = np.zeros(len(spec.wavelengths_um))
+    squares = np.zeros(len(spec.wavelengths_um))
+    count = 0
+    for index in range(0, len(dataset), step):
+        reflectance, mask = dataset.read(index)
+        valid = reflectance[:, mask != spec.ignore_index].astype(np.float64)
+        sums += valid.sum(axis=1)
+        squares += (valid**2).sum(axis=1)
+        count += valid.shape[1]
+    if count == 0:
+        raise ValueError("the training chips have no labelled pixels to compute input statistics from")
+    mean = sums / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 1e-12))
+    return ReflectanceScaling(
+        bands=[
+            BandStats(wavelength_um=w, mean=round(float(m), 6), std=round(float(max(s, 1e-4)), 6))
+            for w, m, s in zip(spec.wavelengths_um, mean, std, strict=True)
+        ]
+    )
 
 
 def _scaling_from(value: dict[str, Any] | None, fallback: Any) -> Any:
@@ -83,7 +114,7 @@ def build_initial_model(init: InitSpec, chips: ChipSpec) -> InitialModel:
         if init.architecture:
             config = config.replace(**init.architecture)
         model = build_model(config, seed=init.seed)
-        scaling = _scaling_from(init.input_scaling, ReflectanceScaling())
+        scaling = _scaling_from(init.input_scaling, None)
         return InitialModel(
             model=model,
             base_card=None,
@@ -134,13 +165,13 @@ def _load_with_head(
     dropped = [key for key in state if key.startswith(_CLASSIFIER_PREFIXES)]
     if stored_head == "upernet" and state["cls_seg.0.weight"].shape[0] != num_classes:
         dropped += [key for key in state if key.startswith(_LAST_LAYER_PREFIX)]
-    kept = {key: value for key, value in state.items() if key not in dropped}
+    retained = {key: value for key, value in state.items() if key not in dropped}
 
     config = infer_config(state, num_heads=num_heads, head="upernet", num_classes=num_classes)
     model = FlexiMo(config)
     initialize_weights(model, seed=seed)
     if stored_head == "upernet":
-        missing, unexpected = model.load_state_dict(kept, strict=False)
+        missing, unexpected = model.load_state_dict(retained, strict=False)
         missing = [key for key in missing if not key.endswith("num_batches_tracked")]
         if unexpected or any(not key.startswith(f"dense_head.{_LAST_LAYER_PREFIX}") for key in missing):
             raise ValueError(
@@ -148,7 +179,7 @@ def _load_with_head(
             )
         fresh = tuple(missing)
     else:
-        fresh = tuple(load_state_into(model, kept, allow_new_head=True, source=f"checkpoint {path}"))
+        fresh = tuple(load_state_into(model, retained, allow_new_head=True, source=f"checkpoint {path}"))
 
     if dropped:
         logger.info("dropped %d tensors of the checkpoint's head (%s ...)", len(dropped), dropped[0])
@@ -197,8 +228,8 @@ def write_model_card(
 
     The reference GSD and patch size are those of the training chips, so
     inference on a scene of GSD g uses ``round(patch_size * chips.gsd_m / g)``.
-    ``training`` (hyper-parameters, validation scores) goes into the card's
-    description as YAML comments are not kept by round trips.
+    ``training`` (hyper-parameters, validation scores) is appended as one
+    YAML comment line, because the card schema has no field for it.
     """
     card = ModelCard(
         name=name,
