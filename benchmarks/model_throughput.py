@@ -262,8 +262,8 @@ def write_section(section: str, path: Path = DOCS_PATH) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats-batch1", type=int, default=5, help="timed calls per runner at batch 1")
-    parser.add_argument("--repeats-batch8", type=int, default=3, help="timed calls per runner at batch 8")
+    parser.add_argument("--repeats-batch1", type=int, default=3, help="timed calls per runner at batch 1")
+    parser.add_argument("--repeats-batch8", type=int, default=2, help="timed calls per runner at batch 8")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-write", action="store_true", help=f"print the section instead of updating {DOCS_PATH}")
     args = parser.parse_args()

@@ -13,7 +13,7 @@ from pipeline.model.cache import TensorCache, weights_version
 from pipeline.model.config import ModelConfig
 from pipeline.model.linear import PreparedLinear, onednn_linear_available
 from pipeline.model.patch_embed import DynamicPatchEmbed
-from pipeline.model.precision import Precision, autocast, check_precision
+from pipeline.model.precision import Precision, autocast, resolve_precision
 from pipeline.model.upernet import UPerNetHead
 from pipeline.model.validation import token_grid, validate_inputs
 
@@ -64,10 +64,11 @@ class FlexiMo(nn.Module):
     ``(B, num_classes)`` for a classifier and ``(B, num_classes, H, W)`` for
     the upernet head.
 
-    ``forward`` changes no module state apart from thread-safe caches of the
-    generated kernel, the PI-resize matrix, the resized position embedding
-    and the prepared (prepacked or bfloat16) linear layers, so several threads
-    may call one model at once with different patch sizes and band sets.
+    ``forward`` changes no module state. It only fills thread-safe caches: the
+    generated kernel, the PI-resize matrix, the resized position embedding,
+    the prepared (prepacked or bfloat16) linear layers and the folded dense
+    head. Several threads may call one model at once with different patch
+    sizes and band sets.
 
     Parameters
     ----------
@@ -129,11 +130,11 @@ class FlexiMo(nn.Module):
         assert self.dense_head is not None
         head = self.dense_head
         if self.training or (torch.is_grad_enabled() and any(p.requires_grad for p in head.parameters())):
-            with autocast(features.device, precision):
+            with autocast(features.device, precision, check=False):
                 return head(features, size)
         dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
         features = features.to(dtype=dtype, memory_format=torch.channels_last)
-        with autocast(features.device, "float32"):
+        with autocast(features.device, "float32", check=False):
             return self.inference_head(dtype, features.device)(features, size).contiguous()
 
     def _use_prepared_linears(self, dtype: torch.dtype, device: torch.device) -> bool:
@@ -159,18 +160,18 @@ class FlexiMo(nn.Module):
         *,
         wavelengths_um: Sequence[float],
         patch_size: int,
-        precision: Precision = "float32",
+        precision: Precision | None = None,
     ) -> tuple[torch.Tensor, tuple[int, int]]:
         """Run the encoder; return float32 tokens ``(B, 1 + h * w, D)`` (cls first) and the grid ``(h, w)``."""
         validate_inputs(x, wavelengths_um, patch_size)
-        check_precision(precision, x.device)
+        precision = resolve_precision(precision, x.device)
         grid = token_grid((x.shape[-2], x.shape[-1]), patch_size)
         compute_dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
         block_linears: list[dict[str, PreparedLinear]] | list[None] = [None] * len(self.blocks)
         if self._use_prepared_linears(compute_dtype, x.device):
             block_linears = self.prepared_linears(compute_dtype, x.device)
 
-        with autocast(x.device, "float32"):
+        with autocast(x.device, "float32", check=False):
             tokens = self.patch_embed(x.to(compute_dtype), wavelengths_um, patch_size)
             tokens = tokens.flatten(2).transpose(1, 2).float()
 
@@ -188,9 +189,9 @@ class FlexiMo(nn.Module):
         *,
         wavelengths_um: Sequence[float],
         patch_size: int,
-        precision: Precision = "float32",
+        precision: Precision | None = None,
     ) -> torch.Tensor:
-        """Return float32 encoder features.
+        """Return float32 encoder features (``precision`` as in :meth:`forward`).
 
         Returns
         -------
@@ -210,7 +211,7 @@ class FlexiMo(nn.Module):
         *,
         wavelengths_um: Sequence[float],
         patch_size: int,
-        precision: Precision = "float32",
+        precision: Precision | None = None,
     ) -> torch.Tensor:
         """Return float32 logits: ``(B, K)`` for a classifier, ``(B, K, H, W)`` for the upernet head.
 
@@ -227,7 +228,9 @@ class FlexiMo(nn.Module):
             ``"float32"``: exact, also inside an enclosing autocast region.
             ``"bfloat16"``: matrix products and the dense head in bfloat16
             (LayerNorms and the residual stream stay float32), on CUDA and on
-            CPUs with native bfloat16 support.
+            CPUs with native bfloat16 support. ``None`` (default): bfloat16
+            inside an enabled ``torch.autocast(dtype=torch.bfloat16)`` region
+            for ``x``'s device, else float32.
 
         Raises
         ------
@@ -236,8 +239,10 @@ class FlexiMo(nn.Module):
             one positive micrometre value per channel, an invalid patch size,
             or bfloat16 on a device without support.
         """
+        validate_inputs(x, wavelengths_um, patch_size)
+        precision = resolve_precision(precision, x.device)
         features = self.forward_features(x, wavelengths_um=wavelengths_um, patch_size=patch_size, precision=precision)
         if self.head is None:
             return self._run_dense_head(features, (x.shape[-2], x.shape[-1]), precision).float()
-        with autocast(x.device, precision):
+        with autocast(x.device, precision, check=False):
             return self.head(features).float()

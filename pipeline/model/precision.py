@@ -47,8 +47,25 @@ def check_precision(precision: str, device: torch.device | str) -> None:
         )
 
 
+def resolve_precision(precision: Precision | None, device: torch.device | str) -> Precision:
+    """Return the precision to run at: ``precision`` itself, or for ``None`` the enclosing autocast's.
+
+    ``None`` gives ``"bfloat16"`` inside an enabled ``torch.autocast`` region
+    with ``dtype=torch.bfloat16`` for ``device``'s type, else ``"float32"``.
+    An explicit precision is checked with :func:`check_precision`.
+    """
+    device = torch.device(device)
+    if precision is not None:
+        check_precision(precision, device)
+        return precision
+    device_type = device.type if device.type in ("cuda", "cpu") else "cpu"
+    if torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.bfloat16:
+        return "bfloat16"
+    return "float32"
+
+
 @contextlib.contextmanager
-def autocast(device: torch.device | str, precision: Precision = "float32") -> Iterator[None]:
+def autocast(device: torch.device | str, precision: Precision = "float32", *, check: bool = True) -> Iterator[None]:
     """Run the enclosed code at ``precision`` on ``device``.
 
     ``"float32"`` disables any enclosing autocast so that results are exact;
@@ -58,10 +75,12 @@ def autocast(device: torch.device | str, precision: Precision = "float32") -> It
     Raises
     ------
     ValueError
-        For an unknown precision, or bfloat16 on a device without support.
+        With ``check=True``: for an unknown precision, or bfloat16 on a device
+        without native support.
     """
     device = torch.device(device)
-    check_precision(precision, device)
+    if check:
+        check_precision(precision, device)
     device_type = device.type if device.type in ("cuda", "cpu") else "cpu"
     enabled = precision == "bfloat16"
     with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=enabled):

@@ -10,8 +10,9 @@ gives class logits, which are resized bilinearly to the input tile's size.
 NOTE: the parameter names (``conv0.0``, ``decoder.PPMHead.psp_modules.0.1``,
 ``decoder.Conv_fuse1``, ``decoder.fuse_all``, ``cls_seg.0``, ...) and the
 max pooling in the PPM follow the SpectralGPT-style segmentation code that the
-FlexiMo pixel tasks build on, as recalled without a checkpoint to verify them
-against; ``load_model`` reports every key that does not match.
+FlexiMo pixel tasks build on. They are written from memory and have not been
+checked against a released pixel-task checkpoint; ``load_model`` reports every
+key that does not match.
 """
 
 from __future__ import annotations

@@ -33,9 +33,25 @@ def test_float32_exact_inside_outer_autocast(tiny_upernet: FlexiMo) -> None:
     with torch.no_grad():
         exact = tiny_upernet(x, wavelengths_um=WAVES, patch_size=16)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            inside = tiny_upernet(x, wavelengths_um=WAVES, patch_size=16)
+            inside = tiny_upernet(x, wavelengths_um=WAVES, patch_size=16, precision="float32")
 
     torch.testing.assert_close(inside, exact, rtol=0, atol=0)
+
+
+@needs_bf16
+def test_default_precision_follows_outer_autocast(tiny_upernet: FlexiMo) -> None:
+    x = torch.randn(1, 4, 48, 48)
+
+    with torch.no_grad():
+        explicit = tiny_upernet(x, wavelengths_um=WAVES, patch_size=16, precision="bfloat16")
+        exact = tiny_upernet(x, wavelengths_um=WAVES, patch_size=16)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            inside = tiny_upernet(x, wavelengths_um=WAVES, patch_size=16)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
+            disabled = tiny_upernet(x, wavelengths_um=WAVES, patch_size=16)
+
+    torch.testing.assert_close(inside, explicit, rtol=0, atol=0)
+    torch.testing.assert_close(disabled, exact, rtol=0, atol=0)
 
 
 def test_unknown_precision_rejected(tiny_classifier: FlexiMo) -> None:
