@@ -168,7 +168,11 @@ def inspect(store: str, as_json: bool) -> None:
 def _format_inspect(store: str, info: dict[str, Any]) -> str:
     lines = [f"store {store}", f"  complete    {info.get('complete')}"]
     grid = info.get("grid", {})
-    lines.append(f"  grid        {grid.get('crs')}, {grid.get('resolution_m')} m, shape {grid.get('shape')}")
+    resolution = grid.get("resolution_m")
+    if isinstance(resolution, (list, tuple)):
+        resolution = f"{resolution[0]:g}" if len(set(resolution)) == 1 else " x ".join(f"{value:g}" for value in resolution)
+    height, width = grid.get("shape", [None, None])
+    lines.append(f"  grid        {grid.get('crs')}, {resolution} m, {width} x {height} px (width x height)")
     lines.append(f"  bounds      {grid.get('bounds')}")
     lines.append(f"  layers      {', '.join(info.get('layers', []))}")
     shares = info.get("class_shares_pct", {})

@@ -209,6 +209,7 @@ def test_cli_dry_run_and_inspect(finished_run, tmp_path):
     assert inspect.returncode == 0, inspect.stderr
     assert "EPSG:32618" in inspect.stdout
     assert "complete    True" in inspect.stdout
+    assert "10 m, 1020 x 1020 px" in inspect.stdout
     assert "%" in inspect.stdout
 
 
