@@ -85,24 +85,26 @@ def encoder_gflop(model: FlexiMo, size: int, patch_size: int, bands: int) -> flo
     return (projection + config.depth * (linear + attention)) / 1e9
 
 
-def matmul_peak_gflops(dtype: torch.dtype, size: int = 4096, repeats: int = 3) -> float:
-    """Return the best GFLOP/s of a ``size`` x ``size`` product in ``dtype``.
+def matmul_gflops(dtype: torch.dtype, size: int = 4096, repeats: int = 3) -> dict[str, float]:
+    """Return the best GFLOP/s of a ``size`` x ``size`` product in ``dtype`` per CPU GEMM back end.
 
-    Both CPU GEMM back ends are timed, ``torch.mm`` (MKL for float32) and a
-    prepacked oneDNN linear, and the faster one counts as the peak.
+    ``"mm"`` is ``torch.mm`` (MKL for float32, oneDNN for bfloat16) and
+    ``"onednn"`` a prepacked oneDNN linear; the larger one is the peak.
     """
     a = torch.randn(size, size, dtype=dtype)
     layer = torch.nn.Linear(size, size, bias=False)
     weight_t = layer.weight.detach().to(dtype).T.contiguous()
     prepared = PreparedLinear(layer, dtype, torch.device("cpu"))
-    best = float("inf")
-    for run in (lambda: a @ weight_t, lambda: prepared(a)):
+    rates = {}
+    for name, run in (("mm", lambda: a @ weight_t), ("onednn", lambda: prepared(a))):
         run()
+        best = float("inf")
         for _ in range(repeats):
             start = time.perf_counter()
             run()
             best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
+        rates[name] = 2 * size**3 / best / 1e9
+    return rates
 
 
 def time_calls(runners: dict[str, Callable[[], torch.Tensor]], repeats: int) -> dict[str, float]:
@@ -127,9 +129,11 @@ def run_benchmark(repeats_batch1: int, repeats_batch8: int) -> tuple[list[dict[s
     use_bf16 = bfloat16_available("cpu")
     environment: dict[str, object] = {
         "load_before": os.getloadavg(),
-        "peak_fp32": matmul_peak_gflops(torch.float32),
-        "peak_bf16": matmul_peak_gflops(torch.bfloat16) if use_bf16 else float("nan"),
+        "matmul_fp32": matmul_gflops(torch.float32),
+        "matmul_bf16": matmul_gflops(torch.bfloat16) if use_bf16 else {"mm": float("nan")},
     }
+    environment["peak_fp32"] = max(environment["matmul_fp32"].values())  # type: ignore[attr-defined]
+    environment["peak_bf16"] = max(environment["matmul_bf16"].values())  # type: ignore[attr-defined]
 
     rows = []
     for batch, size, patch_size in CONFIGS:
@@ -181,6 +185,10 @@ def _format_row(row: dict[str, float]) -> str:
     return ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in row.items())
 
 
+def _rates(rates: dict[str, float]) -> str:
+    return " / ".join(f"{name} {value:.0f}" for name, value in rates.items())
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -212,8 +220,9 @@ def render_section(rows: list[dict[str, float]], environment: dict[str, object],
         f"{torch.get_num_threads()} threads, Python {platform.python_version()}",
         f"- Load average (1, 5, 15 min) before: {load_before}; after: {load_after}. Other processes on the "
         "machine distort timings; ratios from one interleaved run are more stable than absolute rates.",
-        f"- Matmul peak measured (4096 x 4096, best of MKL and prepacked oneDNN): float32 {environment['peak_fp32']:.0f} GFLOP/s, "
-        f"bfloat16 {environment['peak_bf16']:.0f} GFLOP/s",
+        "- Matmul rate measured (4096 x 4096, GFLOP/s): float32 "
+        f"{_rates(environment['matmul_fp32'])}, bfloat16 {_rates(environment['matmul_bf16'])}. "
+        "The peak is the larger of each pair.",
         "",
         "| batch | px | patch | naive fp32 | ours fp32, caches only | ours fp32 | ours / naive fp32 | "
         "naive bf16 | ours bf16 | ours bf16 / naive fp32 | ours bf16 / naive bf16 | fp32 % of peak | "
@@ -238,6 +247,18 @@ def render_section(rows: list[dict[str, float]], environment: dict[str, object],
         f"float32 logits of ours and naive agree within {max_fp32_gap:.1e} (max abs). bfloat16 errors are "
         "the logits' max abs difference from our float32 logits, and that divided by the max abs float32 "
         "logit. FLOPs count the patch projection and the blocks (2 per multiply-add).",
+        "",
+        "Where the speed comes from:",
+        "",
+        "- The caches (column *caches only*) remove the per-call kernel generation and, at patch 32, the "
+        "pinv matrix and the (9216 x 256) x (256 x 1024) kernel resize. That work does not grow with the "
+        "batch, and the blocks still dominate, so this gain alone stays modest.",
+        "- Prepacked oneDNN GEMMs make up most of the rest: `F.linear` reorders the weight on every call and "
+        "goes through MKL for float32, which the `mm` / `onednn` matmul rates above compare on this CPU.",
+        "- In bfloat16 the naive run casts all 86 M weights on every call under `torch.autocast`; ours "
+        "keeps bfloat16 copies. LayerNorms and the residual stream stay float32 in both.",
+        "- Batch 1 (197 tokens) uses a smaller share of the peak than batch 8: the element-wise work "
+        "(LayerNorm, GELU, softmax, residual adds) and per-op threading overhead weigh more there.",
         "",
     ]
     return "\n".join(lines)
