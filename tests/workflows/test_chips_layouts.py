@@ -10,6 +10,12 @@ import rasterio
 
 from workflows.chips import ChipDataset, open_chips
 
+# rasterio's window maths still multiplies Affine objects with `*`.
+pytestmark = [pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning"),
+              # SegMunich and GF12MS-WHU chips carry no georeferencing, as distributed.
+              pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")]
+
+
 
 def _write(path: Path, array: np.ndarray, interleave: str = "band") -> None:
     array = array if array.ndim == 3 else array[np.newaxis]
