@@ -2,8 +2,8 @@
 
 These functions run on Dask workers. Each receives small frozen records
 (:class:`CubeInfo`, :class:`CardJob`, :class:`~pipeline.tiling.Block`) and
-reads or writes Zarr itself; arrays only travel between the tasks of
-neighbouring blocks, never through the graph.
+reads or writes Zarr itself. Arrays travel only from task to task, between
+the tasks of one block and its neighbours, and never inside the graph.
 
 Blending is exact integer arithmetic. Logits are clamped to
 ``[-LOGIT_LIMIT, LOGIT_LIMIT]`` and rounded to multiples of
@@ -43,7 +43,7 @@ _MODEL_LOCK = threading.Lock()
 
 @dataclasses.dataclass(frozen=True)
 class CubeInfo:
-    """Where and what the input cube is: URL, size, bands and nodata value."""
+    """Description of an input cube for block tasks: URL, size, band wavelengths and nodata value."""
 
     url: str
     storage_options: tuple[tuple[str, Any], ...]
@@ -105,7 +105,7 @@ class Overlap:
 
 @dataclasses.dataclass(frozen=True)
 class BlockResult:
-    """What one block task did (returned to the driver)."""
+    """Summary of one block task, returned to the driver."""
 
     block_id: str
     written: bool
@@ -129,7 +129,7 @@ def _device() -> torch.device:
 
 
 def _nodata_mask(data: np.ndarray, fill: int) -> np.ndarray:
-    """Return ``(y, x)`` True where any band of ``data`` (band, y, x) holds the fill value."""
+    """Return a ``(y, x)`` mask, True where any band of ``data`` (band, y, x) is the fill value."""
     if fill == np.iinfo(data.dtype).min:
         # The fill is the smallest value, so one minimum over bands finds it.
         return data.min(axis=0) == fill
@@ -222,12 +222,13 @@ def _check_logits(job: CardJob, logits: torch.Tensor, tile_px: int) -> None:
 def predict_block(job: CardJob, block: Block, data: np.ndarray, cube: CubeInfo) -> BlockPrediction:
     """Run the block's own tiles through the model and blend them over its footprint.
 
-    Tiles that are entirely nodata are skipped without a model call. Tiles
-    are cut into one reused batch buffer and run in batches of
-    ``job.batch_size``, never of one tile: PyTorch's CPU kernels for a batch
-    of one give other bits than for larger batches (seen with FlexiMo, torch
-    2.13), so a lone last tile is run together with a copy of itself. On CUDA
-    out-of-memory the batch is halved and retried, down to single tiles.
+    Tiles that are entirely nodata are skipped without a model call. The
+    others are cut into one reused batch buffer and run in batches of
+    ``job.batch_size``. A batch never holds a single tile, because PyTorch's
+    CPU kernels for a batch of one give other bits than for larger batches
+    (seen with FlexiMo on torch 2.13). A lone last tile therefore runs
+    together with a copy of itself. On CUDA out-of-memory the batch is halved
+    and retried, down to single tiles.
 
     Parameters
     ----------

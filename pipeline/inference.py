@@ -113,7 +113,7 @@ class InferenceOptions:
 
 @dataclasses.dataclass(frozen=True)
 class CardReport:
-    """What the stage did with one model card."""
+    """Summary of the stage's work with one model card."""
 
     card: str
     task: str
@@ -130,7 +130,7 @@ class CardReport:
 
 @dataclasses.dataclass(frozen=True)
 class InferenceReport:
-    """What :func:`run_inference` did.
+    """Summary of one :func:`run_inference` call.
 
     ``tiles_skipped`` counts tiles that were entirely nodata (no model call);
     ``blocks_skipped`` counts blocks already done in an earlier run.

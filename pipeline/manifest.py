@@ -5,9 +5,9 @@ it: a worker that finishes a block writes a small marker file of its own,
 ``<root>/manifest.d/<stage>/<observation>/<block_id>.json``, right after its
 region write, so any number of workers can finish at once without a lock.
 The driver gathers the markers into ``manifest.json`` with :meth:`Manifest.save`.
-Local paths and fsspec URLs (``s3://...``) both work; every write goes to a
-temporary name first and is then moved into place (a single PUT on object
-stores, which is atomic there).
+Local paths and fsspec URLs (``s3://...``) both work. A local write goes to
+a temporary name first and is then renamed into place. On object stores a
+write is a single PUT, which is atomic there.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ class Manifest:
         self.stages.setdefault(stage, {}).update(info)
 
     def save(self) -> None:
-        """Write ``manifest.json`` with what this object holds merged with what is stored.
+        """Write ``manifest.json``: the records of this object merged with those already stored.
 
         Blocks and finished stages are merged as unions, so two drivers' saves
         do not drop each other's records; stage facts of this object win.

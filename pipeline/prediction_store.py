@@ -1,6 +1,6 @@
 """Open the input cube's metadata and create the prediction store on the same grid.
 
-The prediction store holds uint8 variables (see :mod:`pipeline.layout`) with
+The prediction store contains uint8 variables (see :mod:`pipeline.layout`) with
 the cube's ``x``/``y`` coordinates and ``spatial_ref`` copied, so it opens
 with the right CRS. It is created empty (metadata only); block tasks then
 fill it region by region.

@@ -109,9 +109,9 @@ def choose_patch_size(
 def axis_origins(size_px: int, tile_px: int, stride_px: int) -> tuple[int, ...]:
     """Return the tile starts along one axis: ``0, stride, 2 * stride, ...``.
 
-    The last tile is the first one that reaches the far edge; it extends past
-    the edge when the size is not a multiple of the stride, and is padded. A
-    size of at most one tile gives the single origin 0.
+    The last tile is the first one that reaches the far edge. It extends past
+    the edge, and is padded, unless the tiles fit the size exactly. A size of
+    at most one tile gives the single origin 0.
     """
     if size_px < 1:
         raise ValueError(f"axis size must be at least 1 px, got {size_px}")
@@ -333,9 +333,10 @@ class BlockPlan:
     def footprint(self, block: Block) -> tuple[int, int, int, int]:
         """Return ``(y0, y1, x0, x1)``: the block's region plus the reach of its tiles.
 
-        This is what a block task reads from the cube and accumulates into:
-        the block itself (for its nodata mask) and, beyond its lower and right
-        edges, the part of the scene its own tiles cover (a halo below one tile).
+        A block task reads this region from the cube and blends into it. It
+        is the block itself (for its nodata mask) plus the part of the scene
+        that the block's own tiles cover beyond its lower and right edges, a
+        halo narrower than one tile.
         """
         tile = self.grid.tile_px
         y1, x1 = block.y1, block.x1

@@ -156,6 +156,7 @@ class TinyViTCard:
     load_delay_s: float = 0.0
     call_delay_s: float = 0.0
     call_log: str | None = None
+    max_batch: int | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -170,13 +171,29 @@ class TinyViTCard:
     def load_model(self, device: torch.device) -> nn.Module:
         time.sleep(self.load_delay_s)
         model = TinySegViT(self.bands, len(self.classes), self.reference_patch_size, self.seed)
+        if self.max_batch is not None:
+            model = _MemoryLimited(model, self.max_batch)
         return _Slowed(model, self.call_delay_s, self.call_log) if self.call_delay_s or self.call_log else model
+
+
+class _MemoryLimited(nn.Module):
+    """Wraps a model: a batch larger than ``max_batch`` raises CUDA out-of-memory, as on a small GPU."""
+
+    def __init__(self, model: nn.Module, max_batch: int) -> None:
+        super().__init__()
+        self.model = model
+        self.max_batch = max_batch
+
+    def forward(self, x, wavelengths_um=None, patch_size=None):
+        if x.shape[0] > self.max_batch:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory: batch of {x.shape[0]} tiles")
+        return self.model(x, wavelengths_um, patch_size)
 
 
 class _Slowed(nn.Module):
     """Wraps a model: each call sleeps ``delay_s`` and appends a line to ``log``.
 
-    The line holds the process id and how many model tasks (keys starting
+    The line contains the process id and how many model tasks (keys starting
     with ``predict-``) the Dask worker was executing at the time of the call.
     """
 

@@ -190,9 +190,11 @@ def test_cloud_and_landcover_in_one_store(client, cube, tmp_path):
         attrs = dataset[layout.CLOUD_PROBABILITY_VAR].attrs
         assert attrs["card"] == "cloud-test"
         assert attrs["fingerprint"] == cloud.fingerprint()
-        assert attrs["tile_px"] == 32 and attrs["patch_size_px"] == 4
+        assert attrs["tile_px"] == 32
+        assert attrs["patch_size_px"] == 4
         assert dataset.rio.crs.to_epsg() == 32618
-        assert dataset.sizes["y"] == HEIGHT and dataset.sizes["x"] == WIDTH
+        assert dataset.sizes["y"] == HEIGHT
+        assert dataset.sizes["x"] == WIDTH
 
 
 def test_patch_size_matched_to_scene_gsd(client, tmp_path):
@@ -303,6 +305,17 @@ def test_real_card_same_bytes_across_splits(client, tmp_path):
         assert np.array_equal(results[0][name], results[1][name]), name
     assert np.all(results[0][layout.LANDCOVER_VAR][70:, 100:] == 255)
     assert np.all(results[0][layout.LANDCOVER_VAR][:70, :100] < 10)
+
+
+def test_out_of_memory_halves_batch(client, cube, reference, tmp_path):
+    # Batches of 8 and 4 fail as if the GPU were full; batches of 2 fit.
+    card = TinyViTCard(max_batch=2)
+    options = dataclasses.replace(OPTIONS, block_px=256, batch_size=8)
+    report = run_inference(client, cube, str(tmp_path / "obs-1.zarr"), [card], options)
+    assert report.blocks_done == 1
+    result = _read(str(tmp_path / "obs-1.zarr"))
+    for name in OUTPUTS:
+        assert np.array_equal(result[name], reference[name]), name
 
 
 def test_missing_cube_rejected(client, tmp_path):

@@ -209,10 +209,13 @@ def test_block_plan_owns_each_tile_once(height, width, tile, overlap, block, chu
         covered[b.y0: b.y1, b.x0: b.x1] += 1
         y0, y1, x0, x1 = plan.footprint(b)
         assert (y0, x0) == (b.y0, b.x0)
-        assert b.y1 <= y1 <= min(height, b.y1 + tile) and b.x1 <= x1 <= min(width, b.x1 + tile)
+        assert b.y1 <= y1 <= min(height, b.y1 + tile)
+        assert b.x1 <= x1 <= min(width, b.x1 + tile)
         for item in plan.tiles(b):
-            assert b.y0 <= item.y0 < b.y1 and b.x0 <= item.x0 < b.x1
-    assert covered.min() == 1 and covered.max() == 1
+            assert b.y0 <= item.y0 < b.y1
+            assert b.x0 <= item.x0 < b.x1
+    assert covered.min() == 1
+    assert covered.max() == 1
 
 
 def test_block_plan_overlaps_reach_neighbours_only():
@@ -221,8 +224,10 @@ def test_block_plan_overlaps_reach_neighbours_only():
     for b in plan:
         y0, y1, x0, x1 = plan.footprint(b)
         for target in plan.spill_targets(b):
-            assert target.row - b.row in (0, 1) and target.col - b.col in (0, 1)
-            assert target.y0 < y1 and target.x0 < x1
+            assert target.row - b.row in (0, 1)
+            assert target.col - b.col in (0, 1)
+            assert target.y0 < y1
+            assert target.x0 < x1
             assert b in plan.spill_sources(target)
         # Every block outside the footprint's reach is not a target.
         for other in plan:
