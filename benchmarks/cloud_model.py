@@ -5,10 +5,10 @@
    recipe in :mod:`workflows.training.demo_cloud`.
 2. Scores the final weights on the held-out blocks of that scene.
 3. Scores them across sensors and resolutions on the real Sentinel-2 L2A scene
-   of tile 29RKH (2020-02-19, decimated to 100 m / 200 m / 600 m), whose SCL
-   classes 8, 9 and 10 are cloud, on the 100 m and the 200 m grid, with the
-   patch size matched to each grid's GSD. The trivial all-cloud and all-clear
-   guesses are scored beside it.
+   of tile 29RKH (2020-02-19, decimated to 100 m / 200 m / 600 m). Its SCL
+   classes 8, 9 and 10 are the cloud label. The scene is scored on the 100 m
+   and on the 200 m grid, each with the patch size matched to its GSD, and
+   the trivial all-cloud and all-clear guesses are scored beside it.
 4. Writes quicklook figures to ``docs/figures/`` and replaces the "Cloud
    model" section of ``docs/benchmarks.md``.
 
