@@ -204,7 +204,8 @@ def _cpu_seconds(pids: list[int]) -> float:
     return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
 
 
-def run_one(model_name: str, size: int, work: Path, block_px: int, check: bool, repeat: int) -> dict:
+def run_one(model_name: str, size: int, work: Path, block_px: int, check: bool, repeat: int,
+            dask_threads: int = THREADS) -> dict:
     import cloudpickle
     from distributed import Client, LocalCluster
 
@@ -221,7 +222,7 @@ def run_one(model_name: str, size: int, work: Path, block_px: int, check: bool, 
     output = work / f"pred_{model_name}_{size}.zarr"
     subprocess.run(["rm", "-rf", str(output)], check=True)
 
-    with LocalCluster(n_workers=1, threads_per_worker=THREADS, processes=True, dashboard_address=None) as cluster, \
+    with LocalCluster(n_workers=1, threads_per_worker=dask_threads, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         worker_pids = list(client.run(os.getpid).values())
         load_before = os.getloadavg()[0]
@@ -254,6 +255,7 @@ def run_one(model_name: str, size: int, work: Path, block_px: int, check: bool, 
         "block_px": report.cards[0].block_px,
         "workers": 1,
         "threads": THREADS,
+        "dask_threads": dask_threads,
         "tiles": report.tiles_run,
         "wall_s": round(wall, 3),
         "wall_s_runs": [round(value, 3) for value in walls],
@@ -315,6 +317,8 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/fleximo-overhead", help="folder for scenes, cubes and outputs")
     parser.add_argument("--results", default=None, help="JSON lines file to append to (default: <work>/results.jsonl)")
     parser.add_argument("--check", action="store_true", help="also run the pointwise stitching check")
+    parser.add_argument("--dask-threads", type=int, default=THREADS,
+                        help="Dask threads of the worker (torch always uses 2)")
     parser.add_argument("--repeat", type=int, default=2, help="timed runs of the model alone and of the stage; the best is kept")
     args = parser.parse_args()
 
@@ -325,7 +329,7 @@ def main() -> None:
     for index, model_name in enumerate(args.models):
         for size in args.sizes:
             check = args.check and index == 0 and size == args.sizes[0]
-            result = run_one(model_name, size, work, args.block_px, check, args.repeat)
+            result = run_one(model_name, size, work, args.block_px, check, args.repeat, args.dask_threads)
             with open(results, "a") as handle:
                 handle.write(json.dumps(result) + "\n")
             print(json.dumps(result))
