@@ -17,7 +17,7 @@ Overhead ratio = stage wall seconds / (pure seconds per tile x tiles the
 stage ran). The models are the harness's ``SegViT`` (``vitb``, ``tiny``),
 wrapped to ignore wavelengths and patch size, with tile 256 and stride 192
 (overlap 64). ``--check`` also runs the harness's pointwise ``bandthreshold``
-model and compares the class map with the exact answer, at 2048 and 1999 px.
+model and compares its class map with the exact result, at 2048 and 1999 px.
 
     .venv/bin/python benchmarks/pipeline_overhead.py --models tiny --sizes 2048 4096
     .venv/bin/python benchmarks/pipeline_overhead.py --models vitb --sizes 2048 --check
