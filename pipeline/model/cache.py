@@ -38,12 +38,16 @@ class TensorCache(Generic[Value]):
         self._lock = threading.Lock()
 
     def get_or_compute(self, key: Hashable, compute: Callable[[], Value]) -> Value:
-        """Return the value for ``key``, calling ``compute()`` under ``torch.no_grad`` on a miss."""
+        """Return the value for ``key``, calling ``compute()`` under ``torch.no_grad`` on a miss.
+
+        Values are computed outside inference mode, so that a cache filled
+        under ``torch.inference_mode`` also serves later autograd-recorded calls.
+        """
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key]
-        with torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad():
             value = compute()
         with self._lock:
             value = self._entries.setdefault(key, value)

@@ -138,7 +138,8 @@ class FlexiMo(nn.Module):
             return self.inference_head(dtype, features.device)(features, size).contiguous()
 
     def _use_prepared_linears(self, dtype: torch.dtype, device: torch.device) -> bool:
-        if torch.is_grad_enabled() and any(p.requires_grad for p in self.blocks.parameters()):
+        # oneDNN's prepacked linear has no backward, and the input may need a gradient.
+        if torch.is_grad_enabled():
             return False
         if dtype != torch.float32:
             return True
@@ -238,6 +239,13 @@ class FlexiMo(nn.Module):
             For an input that is not ``(B, C, H, W)``, wavelengths that are not
             one positive micrometre value per channel, an invalid patch size,
             or bfloat16 on a device without support.
+
+        Notes
+        -----
+        Under ``torch.inference_mode()`` or ``torch.no_grad()`` the blocks run
+        on cached prepacked weights and the dense head on its folded copy.
+        With gradients enabled every step runs on the modules themselves,
+        which is slower but differentiable.
         """
         validate_inputs(x, wavelengths_um, patch_size)
         precision = resolve_precision(precision, x.device)

@@ -226,3 +226,18 @@ def test_prepared_linears_match_modules(tiny_classifier: FlexiMo) -> None:
     assert training_path.requires_grad
     torch.testing.assert_close(prepared, plain, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(training_path.detach(), plain, rtol=1e-5, atol=1e-5)
+
+
+def test_cache_from_inference_mode_serves_autograd(tiny_classifier: FlexiMo) -> None:
+    model = build_model(tiny_classifier.config, seed=13)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    x = _input(3, 48, 48)
+
+    with torch.inference_mode():
+        model(x, wavelengths_um=S2_WAVES[:3], patch_size=12)  # fills the caches
+    x.requires_grad_(True)
+    model(x, wavelengths_um=S2_WAVES[:3], patch_size=12).sum().backward()
+
+    assert x.grad is not None
+    assert x.grad.abs().sum() > 0
