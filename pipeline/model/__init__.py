@@ -21,7 +21,7 @@ from pipeline.model.checkpoint import CheckpointError, infer_config, load_model,
 from pipeline.model.config import HeadType, ModelConfig
 from pipeline.model.fleximo import FlexiMo, resize_pos_embed
 from pipeline.model.pi_resize import pi_resize_kernel, pinv_matrix, resize_patch
-from pipeline.model.precision import PRECISIONS, Precision, autocast, bfloat16_available
+from pipeline.model.precision import PRECISIONS, Precision, autocast, bfloat16_available, resolve_precision
 from pipeline.model.presets import MODEL_PRESETS, preset_config
 from pipeline.model.scaling import BandStats, Dofa8BitScaling, ReflectanceScaling
 from pipeline.model.validation import token_grid
@@ -55,5 +55,6 @@ __all__ = [
     "read_state_dict",
     "resize_patch",
     "resize_pos_embed",
+    "resolve_precision",
     "token_grid",
 ]
