@@ -69,6 +69,7 @@ class CardJob:
     storage_options: tuple[tuple[str, Any], ...]
     manifest_url: str | None
     observation: str
+    band_indices: tuple[int, ...] | None = None  # cube bands fed to this card's model; None: all
 
 
 @dataclasses.dataclass
@@ -250,6 +251,10 @@ def predict_block(job: CardJob, block: Block, data: np.ndarray, cube: CubeInfo) 
     tile_px = plan.grid.tile_px
     footprint = plan.footprint(block)
     y0, y1, x0, x1 = footprint
+    wavelengths_um = list(cube.wavelengths_um)
+    if job.band_indices is not None:
+        data = data[list(job.band_indices)]
+        wavelengths_um = [wavelengths_um[index] for index in job.band_indices]
     nodata = _nodata_mask(data, cube.fill)
     nodata_block = nodata[: block.y1 - y0, : block.x1 - x0].copy()
 
@@ -266,7 +271,6 @@ def predict_block(job: CardJob, block: Block, data: np.ndarray, cube: CubeInfo) 
 
     device = _device()
     model = model_for(job.card, job.fingerprint, device)
-    wavelengths_um = list(cube.wavelengths_um)
     window = torch.from_numpy(blend_window(tile_px, plan.grid.overlap_px).astype(np.float64))
     accumulator = _Accumulator(footprint, window)
     batch_size = max(2, job.batch_size)

