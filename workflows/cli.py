@@ -83,7 +83,8 @@ def run(job_file: Path, dry_run: bool, resume: bool | None, cluster_profile: str
         return
 
     def show_dashboard(client: Any) -> None:
-        click.echo(f"Dask dashboard: {client.dashboard_link}", err=True)
+        if "dashboard" in client.scheduler_info().get("services", {}):
+            click.echo(f"Dask dashboard: {client.dashboard_link}", err=True)
 
     summary = run_job(job, plan=plan, stop_after=stop_after, progress=_Bars(), on_cluster=show_dashboard)
     click.echo("")
