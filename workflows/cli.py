@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,7 @@ class _Bars:
     def __call__(self, stage: str, done: int, total: int) -> None:
         bar = self._bars.get(stage)
         if bar is None:
-            unit = "tile" if stage.startswith("infer") else "obs"
+            unit = "block" if stage.startswith("infer") else "observation"
             bar = self._tqdm(total=total, desc=stage, unit=unit, file=sys.stderr, dynamic_ncols=True)
             self._bars[stage] = bar
         bar.total = total
@@ -76,11 +78,17 @@ def run(job_file: Path, dry_run: bool, resume: bool | None, cluster_profile: str
     from workflows.plan import format_plan, make_plan
     from workflows.run import run_job
 
+    from cluster import load_profile
+
     job = load_job(job_file, resume=resume, cluster=cluster_profile, output=output)
+    load_profile(job.cluster)
+    if dry_run:
+        with tempfile.TemporaryDirectory(prefix="fleximo-dry-run-") as scratch:
+            click.echo(format_plan(make_plan(job, catalog_root=Path(scratch))))
+        return
+    _check_output_root(job.output_root)
     plan = make_plan(job)
     click.echo(format_plan(plan))
-    if dry_run:
-        return
 
     def show_dashboard(client: Any) -> None:
         if "dashboard" in client.scheduler_info().get("services", {}):
@@ -88,16 +96,32 @@ def run(job_file: Path, dry_run: bool, resume: bool | None, cluster_profile: str
 
     summary = run_job(job, plan=plan, stop_after=stop_after, progress=_Bars(), on_cluster=show_dashboard)
     click.echo("")
-    click.echo(f"done: {summary.job}")
+    click.echo(f"{'stopped after ' + stop_after if stop_after else 'done'}: {summary.job}")
     click.echo(f"  scenes        {summary.scenes} in {summary.observations} observation(s), {summary.area_km2:.1f} km²")
     click.echo(f"  tiles         {summary.tiles} run, {summary.tiles_skipped} skipped (nodata), {summary.tiles_per_second:.2f} tiles/s")
     click.echo("  stage time    " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in summary.stage_seconds.items()))
     if summary.skipped_stages:
         click.echo(f"  not run       {', '.join(summary.skipped_stages)} (continue with --resume)")
+    if summary.resumed_stages:
+        click.echo(f"  already done  {', '.join(summary.resumed_stages)} (from an earlier run)")
     for product in summary.seeded_random_products:
         click.echo(f"  NOTE          {product} used seeded-random weights: structure, not real classes")
     for name, path in summary.outputs.items():
         click.echo(f"  {name:<13} {path}")
+
+
+def _check_output_root(output_root: str) -> None:
+    """Reject a local output root whose nearest existing folder cannot be written."""
+    if "://" in output_root:
+        return
+    folder = Path(output_root)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise click.UsageError(
+            f"output root {output_root!r} cannot be created: {str(folder)!r} is not a writable folder; "
+            "set 'output' in the job file or pass --output with a writable folder or an s3:// URL"
+        )
 
 
 @cli.command()

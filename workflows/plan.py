@@ -97,8 +97,11 @@ class RunPlan:
         }
 
 
-def find_scenes(job: JobSpec) -> list[SceneDescription]:
+def find_scenes(job: JobSpec, *, catalog_root: Path | None = None) -> list[SceneDescription]:
     """Search every source of the job and describe each item found.
+
+    Local rasters are turned into a catalog under ``catalog_root`` (default:
+    ``<output>/catalog``, or a folder in the current directory for remote outputs).
 
     Raises
     ------
@@ -113,9 +116,12 @@ def find_scenes(job: JobSpec) -> list[SceneDescription]:
     for source in job.sources:
         if isinstance(source, RasterSource):
             folder = resolve_raster_folder(source.rasters, job.base_dir)
-            catalog_dir = Path(job.output_root) / "catalog" / source.collection
-            if "://" in job.output_root:
+            if catalog_root is not None:
+                catalog_dir = catalog_root / source.collection
+            elif "://" in job.output_root:
                 catalog_dir = Path(".fleximo-catalogs") / job.name / source.collection
+            else:
+                catalog_dir = Path(job.output_root) / "catalog" / source.collection
             build_local_catalog(
                 [folder], catalog_dir, sensor=source.sensor, collection=source.collection,
                 datetime=source.datetime, offset=source.offset, scale=source.scale,
@@ -187,10 +193,14 @@ def inference_options(job: JobSpec) -> InferenceOptions:
     )
 
 
-def make_plan(job: JobSpec) -> RunPlan:
-    """Search, then decide the grid, observations, patch sizes and tiles."""
+def make_plan(job: JobSpec, *, catalog_root: Path | None = None) -> RunPlan:
+    """Search, then decide the grid, observations, patch sizes and tiles.
+
+    ``catalog_root`` is where local rasters are catalogued (see :func:`find_scenes`);
+    a dry run passes a temporary folder so that it writes nothing to the output.
+    """
     cards, card_paths = load_cards(job)
-    scenes = find_scenes(job)
+    scenes = find_scenes(job, catalog_root=catalog_root)
     for scene in scenes:
         if not scene.map_projected:
             logger.info("scene %s is not map-projected: it is placed on the grid through its RPCs", scene.item_id)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import distributed
+import fsspec
 
 from cluster import load_profile, start_cluster
 from pipeline import layout
@@ -25,10 +26,11 @@ from pipeline.exports import export_cogs, write_quicklooks
 from pipeline.inference import run_inference
 from pipeline.ingest import load_observation, write_input_cube
 from pipeline.reading import check_scenes
-from pipeline.manifest import Manifest
+from pipeline.completion import is_complete
+from pipeline.manifest import MARKERS_DIR, Manifest
 from pipeline.mosaic import MosaicOptions, build_mosaic
 from pipeline.stac_output import write_output_item
-from pipeline.stores import join_url
+from pipeline.stores import join_url, storage_options_from_env
 from workflows.jobspec import JobError, JobSpec
 from workflows.plan import ObservationPlan, RunPlan, inference_options, make_plan
 
@@ -54,6 +56,9 @@ class RunSummary:
     outputs: dict[str, str]
     seeded_random_products: list[str]
     skipped_stages: list[str]
+    """Stages not run because the run stopped early (``stop_after``)."""
+    resumed_stages: list[str] = dataclasses.field(default_factory=list)
+    """Stages found complete from an earlier run and not run again."""
 
     @property
     def tiles_per_second(self) -> float:
@@ -89,6 +94,25 @@ def provenance(plan: RunPlan) -> dict[str, Any]:
 def seeded_random_products(plan: RunPlan) -> list[str]:
     """Return the products whose model has seeded-random weights, not trained ones."""
     return [product for product, card in plan.cards.items() if str(card.weights) == "seeded-random"]
+
+
+def _forget_previous_run(output_root: str) -> None:
+    """Remove what an earlier run left in the output root, before a run that does not resume.
+
+    Only the names this pipeline writes are removed (manifest, block markers,
+    input cubes, predictions, mosaic, exports, STAC Item), so nothing of the
+    earlier run can pass for a result of this one.
+    """
+    fs, root = fsspec.core.url_to_fs(output_root, **storage_options_from_env(output_root))
+    names = (
+        layout.MANIFEST_NAME, MARKERS_DIR, layout.INPUTS_DIR, layout.PREDICTIONS_DIR,
+        layout.MOSAIC_NAME, "exports", "mosaic.stac.json",
+    )
+    for name in names:
+        path = f"{root.rstrip('/')}/{name}"
+        if fs.exists(path):
+            logger.info("no resume: removing %s of the earlier run", path)
+            fs.rm(path, recursive=True)
 
 
 def _check_resumable(manifest: Manifest, plan: RunPlan) -> None:
@@ -186,6 +210,18 @@ def _infer(
     return tiles_run, tiles_skipped
 
 
+def _existing_outputs(plan: RunPlan) -> dict[str, str]:
+    """Return the output paths a finished earlier run left, for the summary."""
+    outputs = {"mosaic": plan.mosaic_url}
+    if "://" not in plan.job.output_root:
+        root = Path(plan.job.output_root)
+        if (root / "mosaic.stac.json").is_file():
+            outputs["stac_item"] = str(root / "mosaic.stac.json")
+        for path in sorted((root / "exports").glob("*")):
+            outputs[path.stem + ("_cog" if path.suffix == ".tif" else "")] = str(path)
+    return outputs
+
+
 def _mosaic(plan: RunPlan, observations: list[ObservationPlan], client: distributed.Client) -> dict[str, str]:
     job = plan.job
     legend = plan.cards["landcover"].classes if "landcover" in plan.cards else []
@@ -253,6 +289,8 @@ def run_job(
     if on_cluster:
         on_cluster(client)
 
+    if not job.resume:
+        _forget_previous_run(job.output_root)
     manifest = Manifest.open(job.output_root)
     _check_resumable(manifest, plan)
     manifest.record_plan(plan.summary(), provenance(plan))
@@ -265,6 +303,7 @@ def run_job(
 
     seconds: dict[str, float] = {}
     skipped: list[str] = []
+    stopped: list[str] = []
     tiles = tiles_skipped = 0
     outputs: dict[str, str] = {"inputs": join_url(job.output_root, layout.INPUTS_DIR)}
 
@@ -280,11 +319,16 @@ def run_job(
 
     if stop_after is None:
         start = time.perf_counter()
-        outputs.update(_mosaic(plan, observations, client))
+        if job.resume and manifest.is_done("mosaic", "all") and is_complete(plan.mosaic_url):
+            logger.info("mosaic: %s already complete, skipped", plan.mosaic_url)
+            skipped.append("mosaic")
+            outputs.update(_existing_outputs(plan))
+        else:
+            outputs.update(_mosaic(plan, observations, client))
+            manifest.mark_done("mosaic", "all")
         seconds["mosaic"] = time.perf_counter() - start
-        manifest.mark_done("mosaic", "all")
     else:
-        skipped = [stage for stage in STAGES if STAGES.index(stage) > STAGES.index(stop_after)]
+        stopped = [stage for stage in STAGES if STAGES.index(stage) > STAGES.index(stop_after)]
 
     return RunSummary(
         job=job.name,
@@ -296,5 +340,6 @@ def run_job(
         stage_seconds=seconds,
         outputs=outputs,
         seeded_random_products=seeded_random_products(plan),
-        skipped_stages=skipped,
+        skipped_stages=stopped,
+        resumed_stages=skipped,
     )

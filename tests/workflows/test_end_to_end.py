@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from PIL import Image
 
 from catalog import build_local_catalog
 from pipeline import layout
+from pipeline.completion import is_complete
 from pipeline.stores import open_dataset
 from workflows.jobspec import JobSpec, load_job
 from workflows.plan import make_plan
@@ -261,3 +263,38 @@ def test_unreadable_asset_skipped_when_allowed(tmp_path, broken_catalog):
     assert len(skipped) == 1
     assert skipped[0]["href"].endswith("B03.tif")
     assert not (tmp_path / "out" / layout.MOSAIC_NAME).exists()
+
+
+def copy_run(finished_run, folder: Path) -> Path:
+    """Copy the finished run's output root into ``folder`` and return the copy."""
+    job, summary = finished_run
+    target = folder / "out"
+    shutil.copytree(job.output_root, target)
+    return target
+
+
+def test_resume_skips_finished_run(finished_run, tmp_path):
+    output = copy_run(finished_run, tmp_path)
+    summary = run_job(load_job(write_job(tmp_path, output)))
+    assert summary.tiles == 0
+    assert summary.resumed_stages == ["mosaic"]
+    assert is_complete(summary.outputs["mosaic"])
+    assert Path(summary.outputs["landcover_quicklook"]).is_file()
+
+
+def test_no_resume_forgets_earlier_run(finished_run, tmp_path):
+    output = copy_run(finished_run, tmp_path)
+    job_path = write_job(tmp_path, output, grid={"resolution_m": 20}, resume=False)
+
+    run_job(load_job(job_path), stop_after="ingest")
+    manifest = json.loads((output / layout.MANIFEST_NAME).read_text())
+    assert "infer" not in manifest.get("done", {})
+    assert "mosaic" not in manifest.get("done", {})
+    assert not is_complete(str(output / layout.MOSAIC_NAME))
+
+    resumed = load_job(job_path).model_copy(update={"resume": True})
+    summary = run_job(resumed)
+    assert summary.tiles > 0
+    mosaic = open_dataset(summary.outputs["mosaic"])
+    assert mosaic[layout.LANDCOVER_VAR].shape == (510, 510)
+    assert is_complete(summary.outputs["mosaic"])
