@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+# Resolved, because the builders store resolved hrefs and shared/ may be a link.
+DATA_DIR = (Path(__file__).resolve().parents[2].parent / "shared" / "data").resolve()
 STAC_DIR = DATA_DIR / "stac"
 GAOFEN_DIR = DATA_DIR / "gaofen"
 S2_DIR = DATA_DIR / "s2"
