@@ -136,14 +136,18 @@ def _check_resumable(manifest: Manifest, plan: RunPlan) -> None:
 
 def _ingest(
     plan: RunPlan, client: distributed.Client, manifest: Manifest, progress: Progress | None
-) -> list[ObservationPlan]:
-    """Write the input cube of every observation; return the observations that have one.
+) -> tuple[list[ObservationPlan], list[ObservationPlan]]:
+    """Write the input cube of every observation.
+
+    Returns the observations that have a cube, and those of them whose cube
+    this run wrote (the others were done by an earlier run).
 
     With ``on_error: skip`` a scene whose assets cannot be read is left out and
     recorded in the manifest; an observation left with no scene is dropped.
     """
     on_error = "skip" if plan.job.on_error == "skip" else "raise"
     ingested: list[ObservationPlan] = []
+    written: list[ObservationPlan] = []
     skipped_records: list[dict[str, str]] = []
     total = len(plan.observations)
 
@@ -162,6 +166,7 @@ def _ingest(
                 write_input_cube(dataset, plan.cube_url(observation), client=client)
                 manifest.mark_done("ingest", observation.observation_id)
                 ingested.append(observation)
+                written.append(observation)
             else:
                 logger.warning("ingest: observation %s dropped: none of its scenes could be read", observation.observation_id)
         if progress:
@@ -174,7 +179,7 @@ def _ingest(
         raise RuntimeError(
             f"no observation of job {plan.job.name!r} could be read; the run manifest lists the skipped scenes"
         )
-    return ingested
+    return ingested, written
 
 
 def _infer(
@@ -308,7 +313,7 @@ def run_job(
     outputs: dict[str, str] = {"inputs": join_url(job.output_root, layout.INPUTS_DIR)}
 
     start = time.perf_counter()
-    observations = _ingest(plan, client, manifest, progress)
+    observations, written = _ingest(plan, client, manifest, progress)
     seconds["ingest"] = time.perf_counter() - start
 
     if stop_after != "ingest":
@@ -319,7 +324,8 @@ def run_job(
 
     if stop_after is None:
         start = time.perf_counter()
-        if job.resume and manifest.is_done("mosaic", "all") and is_complete(plan.mosaic_url):
+        nothing_new = tiles == 0 and not written
+        if job.resume and nothing_new and manifest.is_done("mosaic", "all") and is_complete(plan.mosaic_url):
             logger.info("mosaic: %s already complete, skipped", plan.mosaic_url)
             skipped.append("mosaic")
             outputs.update(_existing_outputs(plan))
