@@ -183,6 +183,7 @@ def inspect(store: str, as_json: bool) -> None:
     """Show the layers, grid, class shares and provenance of an output STORE."""
     from pipeline.mosaic import describe_mosaic
 
+    _require_store(store)
     info = describe_mosaic(store)
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
@@ -222,6 +223,7 @@ def quicklook(store: str, out_dir: Path | None) -> None:
     """Write quicklook PNGs of the land cover (with legend) and cloud probability."""
     from pipeline.exports import write_quicklooks
 
+    _require_store(store)
     out_dir = out_dir or _default_export_dir(store)
     for name, path in write_quicklooks(store, out_dir).items():
         click.echo(f"{name}: {path}")
@@ -234,9 +236,16 @@ def export_cog(store: str, out_dir: Path | None) -> None:
     """Export the land cover and cloud probability as Cloud-Optimized GeoTIFFs."""
     from pipeline.exports import export_cogs
 
+    _require_store(store)
     out_dir = out_dir or _default_export_dir(store)
     for name, path in export_cogs(store, out_dir).items():
         click.echo(f"{name}: {path}")
+
+
+def _require_store(store: str) -> None:
+    """Reject a local store path that does not exist, before anything is written."""
+    if "://" not in store and not Path(store).exists():
+        raise FileNotFoundError(f"store {store!r} not found; pass the path of a mosaic, e.g. outputs/<job>/mosaic.zarr")
 
 
 def _default_export_dir(store: str) -> Path:

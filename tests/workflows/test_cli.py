@@ -86,3 +86,13 @@ def test_inspect_missing_store(tmp_path):
     assert result.returncode == 1
     assert "nothing.zarr" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_quicklook_missing_store_writes_nothing(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "workflows", "quicklook", "nothing.zarr"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert "store 'nothing.zarr' not found" in result.stderr
+    assert list(tmp_path.iterdir()) == []
