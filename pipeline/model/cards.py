@@ -190,6 +190,24 @@ class ModelCard(BaseModel):
         return digest.hexdigest()
 
 
+def _format_card_errors(path: Path, error: ValidationError) -> str:
+    """Render pydantic's errors as one line per field: location, problem, offending value."""
+    lines = [f"model card {str(path)!r} is invalid:"]
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field; check the spelling against the cards in pipeline/model/cards/"
+        elif item["type"] == "missing":
+            message = "required field is missing"
+        elif "wavelength" in location and item["type"] in {"less_than", "less_than_equal"}:
+            message = f"{message}; wavelengths are in micrometres (µm), not nanometres"
+        value = item.get("input")
+        shown = "" if item["type"] == "missing" or isinstance(value, (dict, list)) else f" (got {value!r})"
+        lines.append(f"  {location}: {message}{shown}")
+    return "\n".join(lines)
+
+
 def load_card(path: str | Path) -> ModelCard:
     """Read and validate a model card.
 
@@ -225,7 +243,7 @@ def load_card(path: str | Path) -> ModelCard:
     try:
         card = ModelCard.model_validate(raw)
     except ValidationError as error:
-        raise ModelCardError(f"Model card {str(path)!r} is invalid:\n{error}") from error
+        raise ModelCardError(_format_card_errors(Path(path), error)) from None
     card._source_path = path.resolve()
 
     weights = card.weights_path()

@@ -196,3 +196,20 @@ def test_copied_card_resolves_relative_weights(tiny_upernet: FlexiMo, tmp_path: 
     card = load_card(target / "card.yaml")
 
     assert card.weights_path() == (target / "w.pth").resolve()
+
+
+def test_invalid_card_lists_one_line_per_field(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "name: bad\ntask: clouds\narchitecture: tiny_upernet\nweights: seeded-random\nsed: 3\n"
+        "classes: [{id: 0, name: clear, color: '#000000'}, {id: 1, name: cloud, color: '#ffffff'}]\n"
+        "wavelengths_um: [0.49, 0.56]\ninput_scaling: {kind: reflectance}\n"
+        "reference_gsd_m: 10\nreference_patch_size: 16\ntoken_grid: 16\n"
+    )
+    with pytest.raises(ModelCardError) as raised:
+        load_card(path)
+    lines = str(raised.value).splitlines()
+    assert lines[0] == f"model card {str(path)!r} is invalid:"
+    assert "  task: Input should be 'landcover', 'cloud' or 'classification' (got 'clouds')" in lines
+    assert any(line.startswith("  sed: unknown field") for line in lines)
+    assert "errors.pydantic.dev" not in str(raised.value)
