@@ -21,7 +21,12 @@ def _configure_logging(verbose: int) -> None:
     import dask
     import distributed  # noqa: F401  (installs its own handlers on import; quieted below)
 
-    level = logging.WARNING if verbose < 0 else logging.INFO if verbose == 0 else logging.DEBUG
+    if verbose < 0:
+        level = logging.WARNING
+    elif verbose == 0:
+        level = logging.INFO
+    else:
+        level = logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
     # Dask's own lifecycle messages are detail for -v; worker processes read
     # the level from dask's config, which they inherit from this process.

@@ -44,7 +44,7 @@ STAGES = ("ingest", "infer", "mosaic")
 
 @dataclasses.dataclass
 class RunSummary:
-    """What a finished run did, for the closing summary and for tests."""
+    """Summary of a finished run, for the closing message and for tests."""
 
     job: str
     scenes: int
@@ -116,7 +116,7 @@ def _forget_previous_run(output_root: str) -> None:
 
 
 def _check_resumable(manifest: Manifest, plan: RunPlan) -> None:
-    """Reject resuming into an output root that holds a run with another plan."""
+    """Reject resuming into an output root that contains a run with another plan."""
     recorded = manifest.stages.get("plan", {})
     if not plan.job.resume or "plan" not in recorded:
         return
@@ -129,7 +129,7 @@ def _check_resumable(manifest: Manifest, plan: RunPlan) -> None:
     }
     if previous.get("grid") != current["grid"] or previous.get("observations") != current["observations"] or not same_models:
         raise JobError(
-            f"output {plan.job.output_root!r} holds a run with a different plan (grid, scenes, tiling or "
+            f"output {plan.job.output_root!r} contains a run with a different plan (grid, scenes, tiling or "
             "models changed); choose another output, or rerun with --no-resume to overwrite it"
         )
 
