@@ -117,7 +117,7 @@ def scene_description(folder: Path, size_px: int):
 
 
 def stac_items(folder: Path, size_px: int) -> list:
-    """The synthetic scene as one pystac Item with projection and raster metadata per asset."""
+    """Return the synthetic scene as a list of one pystac Item with projection and raster metadata per asset."""
     import pystac
 
     scene = scene_description(folder, size_px)

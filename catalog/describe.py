@@ -78,7 +78,7 @@ def describe_item(item: pystac.Item | Mapping[str, Any], *, bands: Sequence[str]
         baseline = find_processing_baseline(properties, [item_id, *hrefs])
         if properties.get("earthsearch:boa_offset_applied") is False and baseline and baseline >= "04.00":
             # NOTE: such Earth Search items exist with either raw or harmonized COG values,
-            # and nothing in the metadata tells them apart; the flag is followed.
+            # and nothing in the metadata distinguishes them; the flag is followed.
             logger.warning(
                 "item %s: baseline %s but earthsearch:boa_offset_applied is false; its COG values may "
                 "already be harmonized, so check its reflectance against another source", item_id, baseline,

@@ -121,7 +121,7 @@ def build_gaofen_items(
     Raises
     ------
     FileNotFoundError
-        When a folder is missing or holds no product XML.
+        When a folder is missing or contains no product XML.
     ValueError
         On unreadable metadata or calibration that does not match the bands.
     """

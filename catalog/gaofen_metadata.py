@@ -55,7 +55,7 @@ class GaofenImageMetadata:
 
     Times are aware UTC datetimes; angles in degrees; ``corners_lonlat`` in
     the order top-left, top-right, bottom-right, bottom-left (EPSG:4326);
-    ``cloud_cover_pct`` is ``None`` where the file holds no valid percentage.
+    ``cloud_cover_pct`` is ``None`` where the file contains no valid percentage.
     ``view_incidence_deg`` is ``90 - SatelliteZenith`` (see :func:`read_gaofen_xml`).
     """
 

@@ -96,7 +96,7 @@ def offset_removed_by_catalog(properties: Mapping[str, Any], asset_key: str, ass
     these COGs with the Copernicus and Planetary Computer originals found the
     values 1000 DN lower (Element84/earth-search issue tracker, "Sentinel-2
     L2a offset anomalies"). The JPEG 2000 assets of the same items are ESA's
-    originals and keep the offset. ``None`` when the catalog does not say.
+    originals and keep the offset. ``None`` when the catalog does not state it.
     """
     applied = properties.get("earthsearch:boa_offset_applied")
     if applied is None:

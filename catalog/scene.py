@@ -1,4 +1,4 @@
-"""Scene descriptions: what the pipeline knows about one catalog item.
+"""Scene descriptions: what the pipeline records about one catalog item.
 
 A :class:`SceneDescription` is small, frozen and picklable, so it can travel
 inside a Dask graph. Every later stage reads wavelengths, GSD, scale/offset

@@ -62,7 +62,7 @@ def check_gpu_workers(
     Raises
     ------
     GPUNotFoundError
-        If no worker joins in time, or a worker sees no CUDA device.
+        If no worker joins in time, or a worker finds no CUDA device.
     """
     try:
         client.wait_for_workers(1, timeout=timeout_s)

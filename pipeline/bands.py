@@ -14,7 +14,7 @@ MAX_MATCH_DISTANCE_UM = 0.1
 def select_bands(model_wavelengths_um: Sequence[float], scene_wavelengths_um: Sequence[float]) -> tuple[int, ...]:
     """Pick the scene bands that feed a model, one per model band where the scene has one.
 
-    FlexiMo runs on any band set, but a model sees inputs most like its
+    FlexiMo runs on any band set, but a model receives inputs most like its
     training data when it gets the bands it was trained on. Each model band
     takes the scene band nearest in centre wavelength, if that is within
     :data:`MAX_MATCH_DISTANCE_UM`; a scene band is used at most once, and the

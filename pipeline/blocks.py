@@ -225,7 +225,7 @@ def predict_block(job: CardJob, block: Block, data: np.ndarray, cube: CubeInfo) 
 
     Tiles that are entirely nodata are skipped without a model call. The
     others are cut into one reused batch buffer and run in batches of
-    ``job.batch_size``. A batch never holds a single tile, because PyTorch's
+    ``job.batch_size``. A batch never contains a single tile, because PyTorch's
     CPU kernels for a batch of one give other bits than for larger batches
     (seen with FlexiMo on torch 2.13). A lone last tile therefore runs
     together with a copy of itself. On CUDA out-of-memory the batch is halved

@@ -20,7 +20,7 @@ Land cover comes only from clear observations:
   probability. Ties go to the earliest observation.
 
 Where no observation is clear, land cover and confidence are nodata and the
-composite cloud probability is the lowest one seen, which says why.
+composite cloud probability is the lowest one observed, which explains why.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Names, dtypes and fill values of the Zarr stores that stages exchange.
 
-One module holds them so that the ingest, inference and mosaic stages, and
+One module defines them so that the ingest, inference and mosaic stages, and
 users reading the stores, agree on one layout.
 
 Output root of a job (a local folder or an object-store URL)::

@@ -1,6 +1,6 @@
 """Fixtures for the ingest, reading and store tests.
 
-The real Sentinel-2 scenes are described the way a job sees them: a local
+The real Sentinel-2 scenes are described the way a job reads them: a local
 STAC catalog is built from the files and each item goes through
 ``catalog.describe_item``.
 """

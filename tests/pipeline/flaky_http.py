@@ -5,7 +5,7 @@ It serves a folder with ``HEAD`` and single-range ``GET`` (what GDAL's
 HTTP 503 or to send truncated bodies.
 
 The server runs in a child process: GDAL holds the GIL while it opens a
-dataset, so a server thread in the test process would never get to answer.
+dataset, so a server thread in the test process would never get to respond.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class FlakyFileServer:
         return f"{self.base_url}/{name}"
 
     def fail_next(self, name: str, count: int) -> None:
-        """Answer the next ``count`` requests for ``name`` with HTTP 503."""
+        """Respond to the next ``count`` requests for ``name`` with HTTP 503."""
         urllib.request.urlopen(f"{self.base_url}/__control__/fail/{count}/{name}").read()
 
     def truncate_next(self, name: str, count: int) -> None:

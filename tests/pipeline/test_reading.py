@@ -235,7 +235,7 @@ def test_blocks_skip_scenes_they_miss(l1c_scene, file_server):
 
 
 def write_tiff_with_stale_overviews(path) -> GeoBox:
-    """Write a 512 px GeoTIFF whose overviews hold 1000 while the full resolution holds 2000.
+    """Write a 512 px GeoTIFF whose overviews contain 1000 while the full resolution contains 2000.
 
     The difference shows which level a read came from.
     """

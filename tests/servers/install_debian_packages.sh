@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages that the STAC API tests need (PostgreSQL with
 # PostGIS for a real pgstac server on 127.0.0.1). Runs apt-get only as root
-# and only when a package is missing; elsewhere it says which tests will skip.
+# and only when a package is missing; elsewhere it prints which tests will skip.
 set -euo pipefail
 
 packages=(postgresql postgresql-15-postgis-3)

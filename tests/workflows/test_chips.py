@@ -159,8 +159,10 @@ def test_chip_windows_stay_inside_block() -> None:
     assert (block.row0, block.col0) in windows
     assert (block.row1 - 16, block.col1 - 16) in windows
     for row, col in windows:
-        assert block.row0 <= row and row + 16 <= block.row1
-        assert block.col0 <= col and col + 16 <= block.col1
+        assert block.row0 <= row
+        assert row + 16 <= block.row1
+        assert block.col0 <= col
+        assert col + 16 <= block.col1
 
 
 # Cutting chips

@@ -32,7 +32,7 @@ def test_catalog_build_then_search(tmp_path):
         "catalog", "build", str(CROP_DIR), "--out", str(tmp_path / "cat"),
         "--sensor", "sentinel-2a", "--collection", "sentinel-2-l1c",
     )
-    # L1C files do not carry their processing baseline: the builder asks for the offset.
+    # L1C files do not carry their processing baseline: the builder requires the offset.
     assert built.returncode == 1
     assert "radiometric offset" in built.stderr
     assert "Traceback" not in built.stderr
