@@ -39,10 +39,15 @@ import threading
 import time
 from pathlib import Path
 
+import dask.config
 import numpy as np
 import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from cluster.environment import MALLOC_ENVIRONMENT, nanny_spawn_config  # noqa: E402
+
 PEERS_DIR = PROJECT_ROOT.parent / "shared" / "peers"
 BANDS_UM = (0.443, 0.49, 0.56, 0.665, 0.705, 0.74, 0.783, 0.842, 0.865, 0.945, 1.61, 2.19)
 THREADS = 2
@@ -205,7 +210,7 @@ def _cpu_seconds(pids: list[int]) -> float:
 
 
 def run_one(model_name: str, size: int, work: Path, block_px: int, check: bool, repeat: int,
-            dask_threads: int = THREADS) -> dict:
+            dask_threads: int = THREADS, stage_threads: int | None = THREADS) -> dict:
     import cloudpickle
     from distributed import Client, LocalCluster
 
@@ -218,11 +223,13 @@ def run_one(model_name: str, size: int, work: Path, block_px: int, check: bool, 
     cloudpickle.register_pickle_by_value(peer_models)
     cube = make_cube(size, work, chunk_px=512)
     card = PeerModelCard(model_name, name=f"peer-{model_name}")
-    options = InferenceOptions(overlap_px=64, block_px=block_px, chunk_px=512, batch_size=8, threads_per_worker=THREADS)
+    options = InferenceOptions(overlap_px=64, block_px=block_px, chunk_px=512, batch_size=8,
+                               threads_per_worker=stage_threads)
     output = work / f"pred_{model_name}_{size}.zarr"
     subprocess.run(["rm", "-rf", str(output)], check=True)
 
-    with LocalCluster(n_workers=1, threads_per_worker=dask_threads, processes=True, dashboard_address=None) as cluster, \
+    with dask.config.set(nanny_spawn_config(MALLOC_ENVIRONMENT)), \
+            LocalCluster(n_workers=1, threads_per_worker=dask_threads, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         worker_pids = list(client.run(os.getpid).values())
         load_before = os.getloadavg()[0]
@@ -256,6 +263,7 @@ def run_one(model_name: str, size: int, work: Path, block_px: int, check: bool, 
         "workers": 1,
         "threads": THREADS,
         "dask_threads": dask_threads,
+        "stage_torch_threads": stage_threads,
         "tiles": report.tiles_run,
         "wall_s": round(wall, 3),
         "wall_s_runs": [round(value, 3) for value in walls],
@@ -293,7 +301,8 @@ def stitching_check(work: Path, block_px: int) -> dict:
 
     checks = {}
     options = InferenceOptions(overlap_px=64, block_px=block_px, chunk_px=512, batch_size=8, threads_per_worker=THREADS)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with dask.config.set(nanny_spawn_config(MALLOC_ENVIRONMENT)), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         for size in (2048, 1999):
             cube = make_cube(size, work, chunk_px=512)
@@ -319,6 +328,9 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="also run the pointwise stitching check")
     parser.add_argument("--dask-threads", type=int, default=THREADS,
                         help="Dask threads of the worker (torch always uses 2)")
+    parser.add_argument("--stage-threads", type=int, default=None,
+                        help="torch threads of the stage's model tasks (default: the worker's share of cores "
+                             "per Dask thread, as the stage chooses)")
     parser.add_argument("--repeat", type=int, default=2, help="timed runs of the model alone and of the stage; the best is kept")
     args = parser.parse_args()
 
@@ -329,7 +341,8 @@ def main() -> None:
     for index, model_name in enumerate(args.models):
         for size in args.sizes:
             check = args.check and index == 0 and size == args.sizes[0]
-            result = run_one(model_name, size, work, args.block_px, check, args.repeat, args.dask_threads)
+            result = run_one(model_name, size, work, args.block_px, check, args.repeat, args.dask_threads,
+                             args.stage_threads)
             with open(results, "a") as handle:
                 handle.write(json.dumps(result) + "\n")
             print(json.dumps(result))

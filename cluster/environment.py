@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from typing import Any
 
+import dask.config
 from distributed import Worker, get_worker
 
 WORKER_CORES_VARIABLE = "FLEXIMO_WORKER_CORES"
@@ -42,6 +44,25 @@ CLOUD_READ_ENVIRONMENT: dict[str, str] = {
     # far more than one Zarr chunk or COG tile per random read.
     "FSSPEC_S3": json.dumps({"default_block_size": 8 * 2**20}),
 }
+
+
+# glibc malloc settings of a worker process. Dask's nanny starts workers with
+# MALLOC_TRIM_THRESHOLD_=65536, and setting it also turns off glibc's adaptive
+# mmap threshold. Every allocation over 128 KiB is then a fresh mmap whose
+# pages fault in and are zeroed on first touch, and torch allocates its
+# activations on every call: the model ran at half speed in a worker
+# (docs/benchmarks.md). With the mmap threshold at 32 MiB, the largest glibc
+# accepts, such allocations are reused from the heap. Dask's trim threshold
+# stays: keeping more freed heap did not help speed and raised peak memory.
+MALLOC_ENVIRONMENT: dict[str, str] = {
+    "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
+    "MALLOC_TRIM_THRESHOLD_": "65536",
+}
+
+# The nanny copies distributed.nanny.pre-spawn-environ into the environment
+# of each worker process it spawns, after the environment it was started
+# with, so a job script or pod sets the malloc variables there too.
+PRE_SPAWN_VARIABLE = "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON"
 
 
 def torch_threads_per_task(worker_cores: int, threads_per_worker: int) -> int:
@@ -92,8 +113,24 @@ def worker_environment(
     environment[WORKER_CORES_VARIABLE] = str(worker_cores)
     environment["GDAL_CACHEMAX"] = str(gdal_cache_mb(memory_limit_bytes))
     environment.update(CLOUD_READ_ENVIRONMENT)
+    environment.update(MALLOC_ENVIRONMENT)
     environment.update(overrides or {})
+    malloc = {name: environment[name] for name in MALLOC_ENVIRONMENT}
+    environment.setdefault(PRE_SPAWN_VARIABLE, json.dumps(malloc, sort_keys=True))
     return environment
+
+
+def nanny_spawn_config(environment: Mapping[str, str]) -> dict[str, Any]:
+    """Return the Dask configuration that makes nannies spawn workers with the malloc settings of ``environment``.
+
+    A nanny reads ``distributed.nanny.pre-spawn-environ`` when it is created,
+    so create the cluster inside ``dask.config.set(nanny_spawn_config(...))``.
+    glibc reads its variables when a process starts, which is before a
+    nanny's ``env`` argument is applied, so they must come from there.
+    """
+    spawn = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
+    spawn.update({name: environment[name] for name in MALLOC_ENVIRONMENT if name in environment})
+    return {"distributed.nanny.pre-spawn-environ": spawn}
 
 
 def torch_threads_for_worker(worker: Worker) -> int:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import dask.config
 from dask.system import CPU_COUNT
 from dask.utils import format_bytes
 from distributed import LocalCluster
 from distributed.deploy.utils import nprocesses_nthreads
 from distributed.system import MEMORY_LIMIT
 
-from cluster.environment import torch_threads_per_task, worker_environment
+from cluster.environment import nanny_spawn_config, torch_threads_per_task, worker_environment
 from cluster.profile import LocalProfile
 
 logger = logging.getLogger(__name__)
@@ -121,12 +122,14 @@ def create_local_cluster(profile: LocalProfile) -> LocalCluster:
         layout.threads_per_worker,
         format_bytes(layout.memory_limit_bytes),
     )
-    return LocalCluster(
-        n_workers=layout.n_workers,
-        threads_per_worker=layout.threads_per_worker,
-        memory_limit=layout.memory_limit_bytes,
-        processes=True,
-        **dashboard_arguments(profile.dashboard_address),
-        resources={"GPU": 1} if profile.gpu_resource else None,
-        env=_local_environment(profile, layout),
-    )
+    environment = _local_environment(profile, layout)
+    with dask.config.set(nanny_spawn_config(environment)):
+        return LocalCluster(
+            n_workers=layout.n_workers,
+            threads_per_worker=layout.threads_per_worker,
+            memory_limit=layout.memory_limit_bytes,
+            processes=True,
+            **dashboard_arguments(profile.dashboard_address),
+            resources={"GPU": 1} if profile.gpu_resource else None,
+            env=environment,
+        )

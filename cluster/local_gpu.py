@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import dask.config
 from dask.system import CPU_COUNT
 from dask.utils import format_bytes
 from distributed import LocalCluster
 from distributed.system import MEMORY_LIMIT
 
 from cluster._optional import import_backend
-from cluster.environment import worker_environment
+from cluster.environment import nanny_spawn_config, worker_environment
 from cluster.gpu import GPU_RESOURCE, GPUNotFoundError
 from cluster.local import dashboard_arguments, describe_environment
 from cluster.profile import LocalGPUProfile
@@ -108,15 +109,16 @@ def create_local_gpu_cluster(profile: LocalGPUProfile) -> LocalCluster:
         )
         logger.info("starting LocalCUDACluster: %d GPU workers", n_gpus)
         cluster_class = _cuda_cluster_class(dask_cuda.LocalCUDACluster)
-        return cluster_class(
-            environment,
-            CUDA_VISIBLE_DEVICES=profile.devices,
-            threads_per_worker=profile.threads_per_worker,
-            memory_limit=memory_limit_bytes,
-            rmm_pool_size=profile.rmm_pool_size,
-            resources={GPU_RESOURCE: 1},
-            **dashboard_arguments(profile.dashboard_address),
-        )
+        with dask.config.set(nanny_spawn_config(environment)):
+            return cluster_class(
+                environment,
+                CUDA_VISIBLE_DEVICES=profile.devices,
+                threads_per_worker=profile.threads_per_worker,
+                memory_limit=memory_limit_bytes,
+                rmm_pool_size=profile.rmm_pool_size,
+                resources={GPU_RESOURCE: 1},
+                **dashboard_arguments(profile.dashboard_address),
+            )
     except pynvml.NVMLError as error:
         raise GPUNotFoundError(
             f"cluster profile {profile.name!r} (kind local-gpu) found no usable NVIDIA GPU: "

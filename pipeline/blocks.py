@@ -5,12 +5,13 @@ These functions run on Dask workers. Each receives small frozen records
 reads or writes Zarr itself. Arrays travel only from task to task, between
 the tasks of one block and its neighbours, and never inside the graph.
 
-Blending is exact integer arithmetic. Logits are clamped to
-``[-LOGIT_LIMIT, LOGIT_LIMIT]`` and rounded to multiples of
-``1 / LOGIT_SCALE``; each tile adds ``logit * LOGIT_SCALE * weight`` with
-integer blend weights. Every term and partial sum is an integer below 2**53,
-so the float64 sums are exact and do not depend on the order in which tiles
-or blocks are added: a scene gives the same bytes however it is split.
+Blending is exact integer arithmetic. Each tile's logits are quantized to
+int32 multiples of ``1 / LOGIT_SCALE`` (see :func:`quantize_logits`) and
+each tile adds ``quantized * weight`` with integer blend weights of at most
+``BLEND_LEVELS ** 2``. At most four tiles cover a pixel (the overlap is at
+most half a tile), so every partial sum stays below 2**31: the int32 sums are
+exact and do not depend on the order in which tiles or blocks are added, and
+a scene gives the same bytes however it is split.
 """
 
 from __future__ import annotations
@@ -29,12 +30,17 @@ from pipeline import layout
 from pipeline.model.precision import autocast
 from pipeline.model_cache import model_for
 from pipeline.stores import zarr_store
-from pipeline.tiling import Block, BlockPlan, Tile, blend_window
+from pipeline.tiling import BLEND_LEVELS, Block, BlockPlan, Tile, blend_window
 
 logger = logging.getLogger(__name__)
 
-LOGIT_SCALE = 2.0**16
-LOGIT_LIMIT = 2.0**15
+LOGIT_SCALE = 2**8
+"""Quantization step of blended logits is ``1 / LOGIT_SCALE``."""
+LOGIT_LIMIT = 16
+"""Logits are clamped to ``[-LOGIT_LIMIT, LOGIT_LIMIT]``; beyond that softmax and sigmoid are 0 or 1 in 8 bits."""
+_MAX_TILES_PER_PIXEL = 4
+# Every partial blend sum fits in int32; checked when the module loads.
+assert _MAX_TILES_PER_PIXEL * LOGIT_LIMIT * LOGIT_SCALE * BLEND_LEVELS**2 < 2**31
 
 # One model call at a time per worker process, so that two block tasks on one
 # worker do not split its cores (CPU) or its memory (GPU) between them.
@@ -77,7 +83,8 @@ class BlockPrediction:
     """Blended sums of one block's tiles over its footprint, plus the block's nodata mask.
 
     ``logit_sum`` has shape ``(classes, y1 - y0, x1 - x0)`` and ``weight_sum``
-    ``(y1 - y0, x1 - x0)``; both are ``None`` when every tile was nodata.
+    ``(y1 - y0, x1 - x0)``, both int32; both are ``None`` when every tile was
+    nodata.
     """
 
     y0: int
@@ -162,46 +169,64 @@ def _cut_tile(data: np.ndarray, nodata: np.ndarray, tile: Tile, origin: tuple[in
 
 def _run_batch(model, card, batch: np.ndarray, wavelengths_um: list[float], patch_px: int,
                device: torch.device, precision: str) -> torch.Tensor:
-    """Run one batch ``(B, band, tile, tile)`` and return its quantized logits on the CPU."""
+    """Run one batch ``(B, band, tile, tile)`` and return its float32 logits on the CPU."""
     inputs = torch.from_numpy(batch).to(device)
     with torch.inference_mode(), autocast(device, precision):
         prepared = card.prepare_input(inputs, wavelengths_um)
         logits = model(prepared, wavelengths_um=wavelengths_um, patch_size=patch_px)
-        return _quantize(logits.float().cpu(), getattr(card, "name", "?"))
+        return logits.float().cpu()
 
 
-def _quantize(logits: torch.Tensor, name: str) -> torch.Tensor:
-    """Round logits ``(B, classes, H, W)`` in place to integer multiples of ``1 / LOGIT_SCALE``, scaled up.
+def quantize_logits(logits: torch.Tensor, name: str) -> torch.Tensor:
+    """Return one tile's float32 logits ``(classes, H, W)`` as int32 multiples of ``1 / LOGIT_SCALE``.
 
-    Scaling by a power of two and rounding are exact in float32, so the
-    returned float32 values are integers of magnitude at most 2**31.
+    With several classes, each pixel's largest logit is first subtracted:
+    softmax does not change, and a blend of shifted logits differs from the
+    blend of the originals by the same amount in every class, so the blended
+    probabilities do not change either. The shifted logits are then at most
+    0 and are clamped below at ``-LOGIT_LIMIT``. A single class (a sigmoid)
+    is clamped to ``[-LOGIT_LIMIT, LOGIT_LIMIT]``. ``logits`` is overwritten.
+
+    Raises
+    ------
+    FloatingPointError
+        If the logits contain NaN, or a pixel's largest logit is infinite.
     """
-    low, high = torch.aminmax(logits)
-    if torch.isnan(low) or torch.isnan(high):
-        raise FloatingPointError(f"model {name!r} returned NaN logits; check its weights and input scaling")
-    if low < -LOGIT_LIMIT or high > LOGIT_LIMIT:
+    if logits.shape[0] > 1:
+        top = logits.amax(dim=0, keepdim=True)
+        if not torch.isfinite(top).all():
+            raise FloatingPointError(
+                f"model {name!r} returned NaN or infinite logits; check its weights and input scaling"
+            )
+        logits.sub_(top).clamp_(min=-LOGIT_LIMIT)
+    else:
+        if torch.isnan(logits).any():
+            raise FloatingPointError(f"model {name!r} returned NaN logits; check its weights and input scaling")
         logits.clamp_(-LOGIT_LIMIT, LOGIT_LIMIT)
-    return torch.round(logits.mul_(LOGIT_SCALE), out=logits)
+    return logits.mul_(LOGIT_SCALE).round_().to(torch.int32)
 
 
 class _Accumulator:
-    """Blend sums of quantized tile logits over a footprint, in exact float64 integers."""
+    """Blend sums of quantized tile logits over a footprint, in exact int32."""
 
-    def __init__(self, footprint: tuple[int, int, int, int], window: torch.Tensor) -> None:
+    def __init__(self, footprint: tuple[int, int, int, int], window: torch.Tensor, name: str) -> None:
         self.y0, self.y1, self.x0, self.x1 = footprint
         self.window = window
+        self.name = name
         self.logit_sum: torch.Tensor | None = None
-        self.weight_sum = torch.zeros((self.y1 - self.y0, self.x1 - self.x0), dtype=torch.float64)
+        self.weight_sum = torch.zeros((self.y1 - self.y0, self.x1 - self.x0), dtype=torch.int32)
 
     def add(self, tile: Tile, logits: torch.Tensor, scene_shape: tuple[int, int]) -> None:
+        """Add one tile's float32 logits ``(classes, tile, tile)``; they are overwritten."""
         if self.logit_sum is None:
-            self.logit_sum = torch.zeros((logits.shape[0], *self.weight_sum.shape), dtype=torch.float64)
+            self.logit_sum = torch.zeros((logits.shape[0], *self.weight_sum.shape), dtype=torch.int32)
         height = min(self.window.shape[0], scene_shape[0] - tile.y0)
         width = min(self.window.shape[1], scene_shape[1] - tile.x0)
+        quantized = quantize_logits(logits[:, :height, :width], self.name)
         weights = self.window[:height, :width]
         rows = slice(tile.y0 - self.y0, tile.y0 - self.y0 + height)
         cols = slice(tile.x0 - self.x0, tile.x0 - self.x0 + width)
-        self.logit_sum[:, rows, cols].addcmul_(logits[:, :height, :width], weights)
+        self.logit_sum[:, rows, cols].addcmul_(quantized, weights)
         self.weight_sum[rows, cols] += weights
 
 
@@ -245,7 +270,7 @@ def predict_block(job: CardJob, block: Block, data: np.ndarray, cube: CubeInfo) 
     Returns
     -------
     BlockPrediction
-        Integer-valued float64 blend sums over the footprint.
+        Exact int32 blend sums over the footprint.
     """
     plan = job.plan
     tile_px = plan.grid.tile_px
@@ -271,8 +296,8 @@ def predict_block(job: CardJob, block: Block, data: np.ndarray, cube: CubeInfo) 
 
     device = _device()
     model = model_for(job.card, job.fingerprint, device)
-    window = torch.from_numpy(blend_window(tile_px, plan.grid.overlap_px).astype(np.float64))
-    accumulator = _Accumulator(footprint, window)
+    window = torch.from_numpy(blend_window(tile_px, plan.grid.overlap_px).astype(np.int32))
+    accumulator = _Accumulator(footprint, window, getattr(job.card, "name", "?"))
     batch_size = max(2, job.batch_size)
     buffer = np.empty((batch_size, data.shape[0], tile_px, tile_px), dtype=np.float32)
     single_tiles = False
@@ -305,8 +330,9 @@ def predict_block(job: CardJob, block: Block, data: np.ndarray, cube: CubeInfo) 
                 model_seconds += time.perf_counter() - started
 
         _check_logits(job, logits, tile_px)
-        for tile, tile_logits in zip(chunk, logits):
-            accumulator.add(tile, tile_logits, (cube.height, cube.width))
+        with torch.inference_mode():
+            for tile, tile_logits in zip(chunk, logits):
+                accumulator.add(tile, tile_logits, (cube.height, cube.width))
         start += len(chunk)
 
     logger.debug("block %s of %s: %d tiles run, %d nodata", block.block_id, job.key, len(tiles), skipped)
@@ -316,8 +342,11 @@ def predict_block(job: CardJob, block: Block, data: np.ndarray, cube: CubeInfo) 
     )
 
 
-def overlap_into(prediction: BlockPrediction, target: Block) -> Overlap | None:
-    """Cut out the part of a block's blend sums that lies inside a neighbouring block."""
+def overlap_into(prediction: BlockPrediction, target: Block, *, copy: bool = True) -> Overlap | None:
+    """Cut out the part of a block's blend sums that lies inside a neighbouring block.
+
+    With ``copy=False`` the overlap holds views of the prediction's arrays.
+    """
     if prediction.logit_sum is None:
         return None
     y0, y1 = max(prediction.y0, target.y0), min(prediction.y1, target.y1)
@@ -326,11 +355,10 @@ def overlap_into(prediction: BlockPrediction, target: Block) -> Overlap | None:
         return None
     rows = slice(y0 - prediction.y0, y1 - prediction.y0)
     cols = slice(x0 - prediction.x0, x1 - prediction.x0)
-    return Overlap(
-        y0, y1, x0, x1,
-        prediction.logit_sum[:, rows, cols].copy(),
-        prediction.weight_sum[rows, cols].copy(),
-    )
+    logit_sum, weight_sum = prediction.logit_sum[:, rows, cols], prediction.weight_sum[rows, cols]
+    if copy:
+        logit_sum, weight_sum = logit_sum.copy(), weight_sum.copy()
+    return Overlap(y0, y1, x0, x1, logit_sum, weight_sum)
 
 
 def cloud_class_index(card: Any) -> int:
@@ -341,17 +369,34 @@ def cloud_class_index(card: Any) -> int:
     return names.index("cloud")
 
 
+def _first_index_of(values: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """Return, per pixel, the first class of ``values`` (classes, y, x) equal to ``top``, as uint8.
+
+    The same as ``values.argmax(axis=0)`` when ``top`` is the maximum, but a
+    few times faster: numpy's argmax over the first axis walks the array with
+    a stride of one class plane.
+    """
+    labels = np.zeros(top.shape, dtype=np.uint8)
+    equal = np.empty(top.shape, dtype=bool)
+    # From the last class to the first, so that the first of several equal maxima wins.
+    for index in range(values.shape[0] - 1, -1, -1):
+        np.equal(values[index], top, out=equal)
+        np.putmask(labels, equal, index)
+    return labels
+
+
 def _output_arrays(job: CardJob, logit_sum: np.ndarray, weight_sum: np.ndarray,
                    nodata: np.ndarray) -> dict[str, np.ndarray]:
-    """Turn blend sums into the uint8 output variables of the card's task.
+    """Turn int32 blend sums into the uint8 output variables of the card's task.
 
-    ``logit_sum`` (classes, y, x) float64 is overwritten. The division by the
-    weight sum is exact where every tile gave the same logit, so a pointwise
-    model's output is reproduced exactly.
+    The division by the weight sum runs in float64 and is exact where every
+    tile gave the same quantized logit, so a pointwise model's output is
+    reproduced exactly.
     """
-    np.divide(logit_sum, np.where(weight_sum == 0, 1.0, weight_sum), out=logit_sum)
-    logits = logit_sum.astype(np.float32)
-    logits *= np.float32(1.0 / LOGIT_SCALE)
+    denominator = np.where(weight_sum == 0, 1, weight_sum).astype(np.float64)
+    denominator *= LOGIT_SCALE
+    logits = np.empty(logit_sum.shape, dtype=np.float32)
+    np.divide(logit_sum, denominator, out=logits, dtype=np.float64, casting="same_kind")
     fill = np.uint8(layout.PROBABILITY_FILL)
 
     if logits.shape[0] == 1:
@@ -361,8 +406,9 @@ def _output_arrays(job: CardJob, logit_sum: np.ndarray, weight_sum: np.ndarray,
 
     # Softmax over classes, in place: the largest exponent is exp(0) = 1, so
     # the top probability is 1 / sum.
-    labels = logits.argmax(axis=0).astype(np.uint8)
-    logits -= logits.max(axis=0, keepdims=True)
+    top = logits.max(axis=0)
+    labels = _first_index_of(logits, top)
+    logits -= top
     np.exp(logits, out=logits)
     inverse_sum = np.float32(1.0) / logits.sum(axis=0)
     probabilities = logits
@@ -391,12 +437,12 @@ def write_block(
 
     height, width = block.y1 - block.y0, block.x1 - block.x0
     nodata = prediction.nodata.copy()
-    parts = [overlap_into(prediction, block), *overlaps]
+    parts = [overlap_into(prediction, block, copy=False), *overlaps]
     parts = [part for part in parts if part is not None]
     if parts:
         classes = parts[0].logit_sum.shape[0]
-        logit_sum = np.zeros((classes, height, width), dtype=np.float64)
-        weight_sum = np.zeros((height, width), dtype=np.float64)
+        logit_sum = np.zeros((classes, height, width), dtype=np.int32)
+        weight_sum = np.zeros((height, width), dtype=np.int32)
         for part in parts:
             rows = slice(part.y0 - block.y0, part.y1 - block.y0)
             cols = slice(part.x0 - block.x0, part.x1 - block.x0)

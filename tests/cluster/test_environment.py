@@ -2,13 +2,17 @@
 
 import json
 
+import dask.config
 import pytest
 
 from cluster.environment import (
     CLOUD_READ_ENVIRONMENT,
+    MALLOC_ENVIRONMENT,
+    PRE_SPAWN_VARIABLE,
     THREAD_VARIABLES,
     WORKER_CORES_VARIABLE,
     gdal_cache_mb,
+    nanny_spawn_config,
     torch_threads_per_task,
     worker_environment,
 )
@@ -67,3 +71,31 @@ def test_profile_overrides_defaults():
     assert environment["OMP_NUM_THREADS"] == "2"
     assert environment["MKL_NUM_THREADS"] == "8"
     assert environment["AWS_REQUEST_PAYER"] == "requester"
+
+
+def test_environment_sets_malloc_before_the_nanny_spawns():
+    environment = worker_environment(worker_cores=2, threads_per_worker=1, memory_limit_bytes=None)
+
+    for variable, value in MALLOC_ENVIRONMENT.items():
+        assert environment[variable] == value
+    # A job script exports the variables; Dask reads the nanny's spawn settings from them.
+    config = dask.config.collect_env({PRE_SPAWN_VARIABLE: environment[PRE_SPAWN_VARIABLE]})
+    assert config["distributed"]["nanny"]["pre_spawn_environ"] == MALLOC_ENVIRONMENT
+
+
+def test_profile_override_of_malloc_reaches_spawn_settings():
+    environment = worker_environment(
+        worker_cores=2, threads_per_worker=1, memory_limit_bytes=None,
+        overrides={"MALLOC_TRIM_THRESHOLD_": "1048576"},
+    )
+
+    assert json.loads(environment[PRE_SPAWN_VARIABLE])["MALLOC_TRIM_THRESHOLD_"] == "1048576"
+    assert nanny_spawn_config(environment)["distributed.nanny.pre-spawn-environ"]["MALLOC_TRIM_THRESHOLD_"] == "1048576"
+
+
+def test_nanny_spawn_config_keeps_dasks_other_settings():
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": 1, "MALLOC_TRIM_THRESHOLD_": 65536}}):
+        spawn = nanny_spawn_config(MALLOC_ENVIRONMENT)["distributed.nanny.pre-spawn-environ"]
+
+    assert spawn["OMP_NUM_THREADS"] == 1
+    assert spawn["MALLOC_MMAP_THRESHOLD_"] == MALLOC_ENVIRONMENT["MALLOC_MMAP_THRESHOLD_"]

@@ -17,6 +17,7 @@ from cluster import (
     start_cluster,
     torch_threads_for_worker,
 )
+from cluster.environment import MALLOC_ENVIRONMENT
 from cluster.local import local_worker_layout
 
 # Workers cannot import this test module, so its task functions travel by value.
@@ -40,7 +41,15 @@ def report_worker() -> dict:
         "torch_num_threads": torch.get_num_threads(),
         "product": float(product[0, 0]),
         "environment": dict(os.environ),
+        "start_environment": _start_environment(),
     }
+
+
+def _start_environment() -> dict[str, str]:
+    """The environment this process was started with, which is what glibc's malloc reads."""
+    with open("/proc/self/environ", "rb") as handle:
+        entries = handle.read().decode(errors="replace").split("\0")
+    return dict(entry.split("=", 1) for entry in entries if "=" in entry)
 
 
 @pytest.mark.parametrize(
@@ -123,6 +132,13 @@ def test_local_worker_environment(local_run):
         assert environment["OMP_NUM_THREADS"] == str(layout.torch_threads)
         assert environment["GDAL_DISABLE_READDIR_ON_OPEN"] == "EMPTY_DIR"
         assert "FSSPEC_S3" in environment
+
+
+def test_local_workers_start_with_malloc_settings(local_run):
+    for report in local_run["reports"]:
+        started_with = report["start_environment"]
+        for variable, value in MALLOC_ENVIRONMENT.items():
+            assert started_with.get(variable) == value, variable
 
 
 def test_local_task_torch_threads(local_run):

@@ -129,8 +129,8 @@ def _expected_pointwise(card: PointwiseCard, values: np.ndarray) -> dict[str, np
     nodata = (values == layout.REFLECTANCE_FILL).any(axis=0)
     reflectance = torch.from_numpy(values.astype(np.float32) * np.float32(layout.REFLECTANCE_SCALE))
     logits = pointwise_logits(reflectance[None], torch.tensor(card.weight), torch.tensor(card.bias))[0].numpy()
-    quantized = np.round(np.clip(logits, -LOGIT_LIMIT, LOGIT_LIMIT).astype(np.float64) * LOGIT_SCALE)
-    logits = quantized.astype(np.float32) * np.float32(1 / LOGIT_SCALE)
+    shifted = np.clip(logits - logits.max(axis=0, keepdims=True), -LOGIT_LIMIT, 0)
+    logits = np.round(shifted * np.float32(LOGIT_SCALE)) * np.float32(1 / LOGIT_SCALE)
 
     labels = np.where(nodata, 255, logits.argmax(axis=0)).astype(np.uint8)
     exponent = np.exp(logits - logits.max(axis=0, keepdims=True))
