@@ -65,6 +65,7 @@ class ArchitectureSpec(BaseModel):
     pos_embed_grid: int | None = None
     decoder_channels: int | None = None
     decoder_fpn_channels: int | None = None
+    pixel_skip_channels: int | None = None
 
     @model_validator(mode="after")
     def _complete(self) -> ArchitectureSpec:

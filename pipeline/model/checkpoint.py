@@ -20,6 +20,7 @@ import torch
 
 from pipeline.model.build import initialize_weights
 from pipeline.model.config import HEAD_TYPES, HeadType, ModelConfig
+from pipeline.model.upernet import PIXEL_SKIP_KEY
 from pipeline.model.fleximo import FlexiMo
 from pipeline.warnings import FleximoWarning
 
@@ -179,6 +180,8 @@ def infer_config(
             "decoder_channels": _require(state, "conv3.0.weight").shape[0],
             "decoder_fpn_channels": _require(state, "decoder.conv_x1.weight").shape[0],
         }
+        if PIXEL_SKIP_KEY in state:
+            decoder["pixel_skip_channels"] = state[PIXEL_SKIP_KEY].shape[0]
 
     if num_heads is None:
         num_heads = max(1, embed_dim // DOFA_HEAD_DIM)

@@ -58,6 +58,11 @@ class ModelConfig:
     norm_groups
         Upernet head only: GroupNorm groups of the branches (reduced to the
         greatest common divisor with a branch's width).
+    pixel_skip_channels
+        Upernet head only: width of the spectral pixel skip (see
+        :class:`pipeline.model.upernet.SpectralPixelSkip`), a full-resolution
+        path from the input bands to the classifier. 0 (the default, and the
+        reference FlexiMo head) leaves it out.
     """
 
     embed_dim: int
@@ -76,6 +81,7 @@ class ModelConfig:
     decoder_channels: int = 1024
     decoder_fpn_channels: int = 256
     norm_groups: int = 32
+    pixel_skip_channels: int = 0
 
     def __post_init__(self) -> None:
         positive = {
@@ -95,6 +101,16 @@ class ModelConfig:
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}.")
+        if not isinstance(self.pixel_skip_channels, int) or self.pixel_skip_channels < 0:
+            raise ValueError(
+                f"ModelConfig.pixel_skip_channels must be 0 (no skip) or a positive integer, "
+                f"got {self.pixel_skip_channels!r}."
+            )
+        if self.pixel_skip_channels and self.head != "upernet":
+            raise ValueError(
+                f"ModelConfig.pixel_skip_channels={self.pixel_skip_channels} needs the upernet head; "
+                f"the {self.head!r} head has no pixel output. Set it to 0."
+            )
         if self.head not in HEAD_TYPES:
             raise ValueError(f"ModelConfig.head must be one of {HEAD_TYPES}, got {self.head!r}.")
         if self.embed_dim % self.num_heads:

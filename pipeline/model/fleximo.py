@@ -41,7 +41,7 @@ def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Te
     return torch.cat([cls_entry, grid_part], dim=1)
 
 
-_DENSE_HEAD_CHILDREN = ("conv0.", "conv1.", "conv2.", "conv3.", "decoder.", "cls_seg.")
+_DENSE_HEAD_CHILDREN = ("conv0.", "conv1.", "conv2.", "conv3.", "decoder.", "cls_seg.", "pixel_skip.")
 
 
 def _strip_dense_head_prefix(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
@@ -126,16 +126,28 @@ class FlexiMo(nn.Module):
         key = (dtype, device, weights_version([*head.parameters(), *head.buffers()]))
         return self._head_cache.get_or_compute(key, lambda: head.inference_copy(dtype, device))
 
-    def _run_dense_head(self, features: torch.Tensor, size: tuple[int, int], precision: Precision) -> torch.Tensor:
+    def _run_dense_head(
+        self,
+        features: torch.Tensor,
+        pixels: torch.Tensor,
+        wavelengths_um: Sequence[float],
+        precision: Precision,
+    ) -> torch.Tensor:
         assert self.dense_head is not None
         head = self.dense_head
+        size = (pixels.shape[-2], pixels.shape[-1])
+        if head.pixel_skip is None:
+            pixels = None
         if self.training or (torch.is_grad_enabled() and any(p.requires_grad for p in head.parameters())):
             with autocast(features.device, precision, check=False):
-                return head(features, size)
+                return head(features, size, pixels=pixels, wavelengths_um=wavelengths_um)
         dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
         features = features.to(dtype=dtype, memory_format=torch.channels_last)
+        if pixels is not None:
+            pixels = pixels.to(dtype=dtype, memory_format=torch.channels_last)
         with autocast(features.device, "float32", check=False):
-            return self.inference_head(dtype, features.device)(features, size).contiguous()
+            head = self.inference_head(dtype, features.device)
+            return head(features, size, pixels=pixels, wavelengths_um=wavelengths_um).contiguous()
 
     def _use_prepared_linears(self, dtype: torch.dtype, device: torch.device) -> bool:
         # oneDNN's prepacked linear has no backward, and the input may need a gradient.
@@ -251,6 +263,6 @@ class FlexiMo(nn.Module):
         precision = resolve_precision(precision, x.device)
         features = self.forward_features(x, wavelengths_um=wavelengths_um, patch_size=patch_size, precision=precision)
         if self.head is None:
-            return self._run_dense_head(features, (x.shape[-2], x.shape[-1]), precision).float()
+            return self._run_dense_head(features, x, wavelengths_um, precision).float()
         with autocast(x.device, precision, check=False):
             return self.head(features).float()

@@ -7,6 +7,10 @@ A pyramid-pooling module on the coarsest branch and an FPN top-down path
 (``decoder.*``) fuse them at ``16 h x 16 w``. Then ``cls_seg`` (3x3 conv)
 gives class logits, which are resized bilinearly to the input tile's size.
 
+An optional spectral pixel skip (``pixel_skip.*``, off in the reference
+head) adds a full-resolution path from the input bands: see
+:class:`SpectralPixelSkip`.
+
 NOTE: the parameter names (``conv0.0``, ``decoder.PPMHead.psp_modules.0.1``,
 ``decoder.Conv_fuse1``, ``decoder.fuse_all``, ``cls_seg.0``, ...) and the
 max pooling in the PPM follow the SpectralGPT-style segmentation code that the
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,9 +31,13 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from pipeline.model.config import ModelConfig
+from pipeline.model.patch_embed import wavelength_embedding
 
 UPSAMPLE_FACTORS = (16, 8, 4, 2)
 POOL_SCALES = (1, 2, 3, 6)
+PIXEL_SKIP_KEY = "pixel_skip.generator.2.weight"
+"""State-dict key whose first dimension is the pixel skip's width."""
+_PIXEL_SKIP_HIDDEN = 64
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -118,6 +127,52 @@ class FPNDecoder(nn.Module):
         return act(norm(fused))
 
 
+class SpectralPixelSkip(nn.Module):
+    """Full-resolution features of each pixel's spectrum, for any band set.
+
+    The ViT splits a tile into patches of ``p`` pixels, so with the reference
+    head every output detail comes from the token grid upsampled ``p``
+    fold. Thin cloud edges and single-pixel features need the pixels
+    themselves. This path gives each pixel ``S`` features: a 1x1 projection of
+    its bands whose weights are generated from the band wavelengths (DOFA's
+    idea at patch size 1, so one model still takes any band set), averaged
+    over the bands, then GELU and a 1x1 convolution to the decoder width.
+    The head adds them to the decoder output at the tile's pixel size before
+    ``cls_seg``.
+
+    Keys: ``generator.0`` and ``generator.2`` (wavelength embedding -> hidden
+    -> ``S`` weights per band), ``bias`` (``S``), ``project`` (``S`` -> decoder
+    width) and ``decoder`` (1x1 conv on the decoder output).
+    """
+
+    def __init__(self, wavelength_dim: int, channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.wavelength_dim = wavelength_dim
+        self.generator = nn.Sequential(
+            nn.Linear(wavelength_dim, _PIXEL_SKIP_HIDDEN), nn.GELU(), nn.Linear(_PIXEL_SKIP_HIDDEN, channels)
+        )
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.project = nn.Conv2d(channels, out_channels, kernel_size=1)
+        self.decoder = nn.Conv2d(out_channels, out_channels, kernel_size=1)
+
+    def band_weights(self, wavelengths_um: Sequence[float], device: torch.device) -> torch.Tensor:
+        """Return the ``(S, C, 1, 1)`` projection of ``C`` bands, already divided by ``C``."""
+        wavelengths = torch.as_tensor(list(wavelengths_um), dtype=torch.float32, device=device)
+        weights = self.generator(wavelength_embedding(wavelengths, self.wavelength_dim).to(self.bias.dtype))
+        return (weights / len(wavelengths)).transpose(0, 1)[:, :, None, None]
+
+    def forward(
+        self, decoded: torch.Tensor, pixels: torch.Tensor, wavelengths_um: Sequence[float]
+    ) -> torch.Tensor:
+        """Fuse decoder features ``(B, F, h', w')`` with the pixels ``(B, C, H, W)``; return ``(B, F, H, W)``."""
+        size = (pixels.shape[-2], pixels.shape[-1])
+        weights = self.band_weights(wavelengths_um, pixels.device).to(pixels.dtype)
+        spectral = F.gelu(F.conv2d(pixels, weights, self.bias.to(pixels.dtype)))
+        # The 1x1 convolution commutes with the bilinear resize, so it runs at the smaller size.
+        decoded = _upsample_to(self.decoder(decoded), size)
+        return F.gelu(decoded + self.project(spectral))
+
+
 def _branch(embed_dim: int, channels: int, factor: int, norm_groups: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(embed_dim, channels, kernel_size=1),
@@ -146,6 +201,11 @@ class UPerNetHead(nn.Module):
         self.cls_seg = nn.Sequential(
             nn.Conv2d(config.decoder_fpn_channels, config.num_classes, kernel_size=3, padding=1)
         )
+        self.pixel_skip: SpectralPixelSkip | None = None
+        if config.pixel_skip_channels:
+            self.pixel_skip = SpectralPixelSkip(
+                config.wavelength_dim, config.pixel_skip_channels, config.decoder_fpn_channels
+            )
 
     def inference_copy(self, dtype: torch.dtype, device: torch.device) -> UPerNetHead:
         """Return an eval-mode copy with each BatchNorm folded into its conv, in channels-last layout.
@@ -163,15 +223,31 @@ class UPerNetHead(nn.Module):
             parameter.requires_grad_(False)
         return fused.to(device=device, dtype=dtype, memory_format=torch.channels_last)
 
-    def forward(self, tokens: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
-        """Return logits ``(B, K, *output_size)`` for a token map ``(B, D, h, w)``."""
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        output_size: tuple[int, int],
+        *,
+        pixels: torch.Tensor | None = None,
+        wavelengths_um: Sequence[float] | None = None,
+    ) -> torch.Tensor:
+        """Return logits ``(B, K, *output_size)`` for a token map ``(B, D, h, w)``.
+
+        A head with a pixel skip also needs the input ``pixels`` ``(B, C,
+        *output_size)``, as the model saw them, and their ``wavelengths_um``.
+        """
         if tokens.shape[-2] * tokens.shape[-1] == 1 and self._single_channel_groups():
             raise ValueError(
                 f"The upernet head cannot normalise a 1x1 token grid: its GroupNorm has one channel per group "
                 f"in some branch. Use an input of at least 2 tokens per tile (output size {tuple(output_size)})."
             )
         features = [self.conv0(tokens), self.conv1(tokens), self.conv2(tokens), self.conv3(tokens)]
-        logits = self.cls_seg(self.decoder(features))
+        decoded = self.decoder(features)
+        if self.pixel_skip is not None:
+            if pixels is None or wavelengths_um is None:
+                raise ValueError("this upernet head has a pixel skip: pass the input pixels and their wavelengths")
+            decoded = self.pixel_skip(decoded, pixels, wavelengths_um)
+        logits = self.cls_seg(decoded)
         if tuple(logits.shape[-2:]) != tuple(output_size):
             logits = F.interpolate(logits, size=output_size, mode="bilinear", align_corners=False)
         return logits

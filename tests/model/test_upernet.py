@@ -123,3 +123,75 @@ def test_folded_inference_head_matches_modules() -> None:
     assert unfolded.requires_grad
     assert folded.is_contiguous()
     torch.testing.assert_close(folded, unfolded.detach(), rtol=1e-4, atol=1e-4)
+
+
+def _skip_model(seed: int = 5, channels: int = 8) -> FlexiMo:
+    return build_model(MODEL_PRESETS["tiny_upernet"].replace(num_classes=2, pixel_skip_channels=channels), seed=seed)
+
+
+def test_pixel_skip_keys_and_width_round_trip() -> None:
+    from pipeline.model.checkpoint import infer_config
+
+    state = _skip_model(channels=12).state_dict()
+
+    assert "pixel_skip.generator.2.weight" in state
+    assert "pixel_skip.project.weight" in state
+    assert not any(key.startswith("dense_head.") for key in state)
+    assert infer_config(state).pixel_skip_channels == 12
+    assert infer_config(build_model(MODEL_PRESETS["tiny_upernet"], seed=0).state_dict()).pixel_skip_channels == 0
+
+
+def test_pixel_skip_reaches_single_pixels() -> None:
+    head = _skip_model().eval().dense_head
+    tokens = torch.randn(1, 64, 4, 4, generator=torch.Generator().manual_seed(1))
+    pixels = torch.rand(1, 4, 48, 48, generator=torch.Generator().manual_seed(2))
+    changed = pixels.clone()
+    changed[:, :, 20, 31] += 0.5
+
+    with torch.no_grad():
+        before = head(tokens, (48, 48), pixels=pixels, wavelengths_um=WAVES)
+        after = head(tokens, (48, 48), pixels=changed, wavelengths_um=WAVES)
+
+    # Same tokens: only the pixel and the 3x3 neighbourhood of cls_seg change.
+    rows, cols = torch.nonzero((after - before).abs().amax(dim=(0, 1)) > 0, as_tuple=True)
+    assert (rows.min().item(), rows.max().item(), cols.min().item(), cols.max().item()) == (19, 21, 30, 32)
+
+
+def test_pixel_skip_head_needs_pixels() -> None:
+    head = _skip_model().dense_head
+
+    with pytest.raises(ValueError, match="pass the input pixels and their wavelengths"):
+        head(torch.randn(1, 64, 4, 4), (48, 48))
+
+
+def test_pixel_skip_takes_any_band_set() -> None:
+    model = _skip_model().eval()
+
+    with torch.no_grad():
+        four = model(torch.rand(1, 4, 32, 32), wavelengths_um=WAVES, patch_size=8)
+        seven = model(torch.rand(1, 7, 32, 32), wavelengths_um=[0.44, *WAVES, 1.61, 2.19], patch_size=8)
+
+    assert four.shape == seven.shape == (1, 2, 32, 32)
+
+
+def test_pixel_skip_folded_matches_modules_and_trains() -> None:
+    model = _skip_model().eval()
+    x = torch.randn(2, 4, 40, 40, generator=torch.Generator().manual_seed(2))
+
+    with torch.no_grad():
+        folded = model(x, wavelengths_um=WAVES, patch_size=10)
+    with torch.enable_grad():
+        unfolded = model(x, wavelengths_um=WAVES, patch_size=10)
+    torch.testing.assert_close(folded, unfolded.detach(), rtol=1e-4, atol=1e-4)
+
+    model.train()
+    logits = model(x, wavelengths_um=WAVES, patch_size=10)
+    F.cross_entropy(logits, torch.ones(2, 40, 40, dtype=torch.long)).backward()
+    assert model.dense_head.pixel_skip.generator[0].weight.grad is not None
+
+
+def test_pixel_skip_needs_the_upernet_head() -> None:
+    with pytest.raises(ValueError, match="pixel_skip_channels=8 needs the upernet head"):
+        MODEL_PRESETS["tiny"].replace(pixel_skip_channels=8)
+    with pytest.raises(ValueError, match="pixel_skip_channels must be 0"):
+        MODEL_PRESETS["tiny_upernet"].replace(pixel_skip_channels=-1)
