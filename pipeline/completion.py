@@ -41,17 +41,17 @@ def _incomplete_message(url: str) -> str:
     )
 
 
-def _root_attrs(url: str) -> dict[str, Any] | None:
+def _root_attrs(url: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     try:
-        group = zarr.open_group(zarr_store(url, "r"), mode="r", zarr_format=3)
+        group = zarr.open_group(zarr_store(url, "r", storage_options=dict(storage_options or {})), mode="r", zarr_format=3)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
         return None
     return dict(group.attrs)
 
 
-def is_complete(url: str) -> bool:
+def is_complete(url: str, storage_options: Mapping[str, Any] | None = None) -> bool:
     """Return whether the store at ``url`` exists and carries a completion record."""
-    attrs = _root_attrs(url)
+    attrs = _root_attrs(url, storage_options)
     return attrs is not None and COMPLETION_ATTR in attrs
 
 
@@ -69,7 +69,7 @@ def completion_info(url: str) -> dict[str, Any]:
     return dict(attrs[COMPLETION_ATTR])
 
 
-def mark_complete(url: str, info: Mapping[str, Any]) -> None:
+def mark_complete(url: str, info: Mapping[str, Any], storage_options: Mapping[str, Any] | None = None) -> None:
     """Record that the store at ``url`` is complete.
 
     Call this only after every block and all other metadata of the store are
@@ -77,19 +77,19 @@ def mark_complete(url: str, info: Mapping[str, Any]) -> None:
     ISO 8601) is added as ``completed_at``.
     """
     record = {**info, "completed_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    group = zarr.open_group(zarr_store(url, "r+"), mode="r+", zarr_format=3)
+    group = zarr.open_group(zarr_store(url, "r+", storage_options=dict(storage_options or {})), mode="r+", zarr_format=3)
     group.attrs[COMPLETION_ATTR] = record
     logger.info("marked %s complete", url)
 
 
-def clear_complete(url: str) -> None:
+def clear_complete(url: str, storage_options: Mapping[str, Any] | None = None) -> None:
     """Remove the completion record of the store at ``url``, if there is one.
 
     A writer calls this before it changes a store, so that a store it leaves
     halfway is never reported complete.
     """
-    if is_complete(url):
-        group = zarr.open_group(zarr_store(url, "r+"), mode="r+", zarr_format=3)
+    if is_complete(url, storage_options):
+        group = zarr.open_group(zarr_store(url, "r+", storage_options=dict(storage_options or {})), mode="r+", zarr_format=3)
         del group.attrs[COMPLETION_ATTR]
         logger.info("removed the completion record of %s before rewriting it", url)
 

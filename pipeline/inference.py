@@ -43,6 +43,7 @@ from pipeline.blocks import (
     read_block,
     write_block,
 )
+from pipeline.completion import clear_complete, mark_complete
 from pipeline.manifest import Manifest
 from pipeline.prediction_store import create_prediction_store, open_cube
 from pipeline.tiling import choose_patch_size, plan_blocks, tile_grid
@@ -295,6 +296,9 @@ def run_inference(
             observation, card.name, patch_px, tile_px, grid.overlap_px, len(grid), len(plan), plan.block_px,
         )
 
+    storage_options = dict(cube.storage_options)
+    # A store left by an interrupted rerun must not read as complete.
+    clear_complete(prediction_url, storage_options)
     create_prediction_store(cube, prediction_url, jobs, options.chunk_px)
     counter = _Progress(sum(len(job.plan) for job in jobs), progress)
     done = manifest.done_blocks("infer", observation) if manifest else set()
@@ -306,6 +310,12 @@ def run_inference(
         Manifest.load(manifest_url, dict(cube.storage_options)).save()
 
     report = InferenceReport(tuple(reports), time.perf_counter() - started)
+    mark_complete(prediction_url, {
+        "stage": "infer",
+        "cards": {job.card.name: job.fingerprint for job in jobs},
+        "blocks": sum(len(job.plan) for job in jobs),
+        "tiles_run": report.tiles_run,
+    }, storage_options)
     logger.info(
         "%s: %d blocks written, %d skipped as done, %d tiles run, %d skipped as nodata, %.1f s",
         observation, report.blocks_done, report.blocks_skipped, report.tiles_run, report.tiles_skipped,

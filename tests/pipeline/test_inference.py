@@ -24,6 +24,7 @@ from pipeline.model import load_card
 from inference_support import PointwiseCard, TinyViTCard, pointwise_logits, scene_values, write_cube
 from pipeline import layout, model_cache
 from pipeline.blocks import LOGIT_LIMIT, LOGIT_SCALE
+from pipeline.completion import completion_info, is_complete
 from pipeline.inference import InferenceOptions, run_inference
 from pipeline.tiling import tile_grid
 
@@ -108,8 +109,13 @@ def test_rerun_resumes_and_gives_same_bytes(client, cube, reference, tmp_path):
 
     with pytest.raises(KeyboardInterrupt, match="halfway"):
         run_inference(client, cube, url, [TinyViTCard()], OPTIONS, manifest_url=str(tmp_path), progress=stop_halfway)
+    assert not is_complete(url)
 
     report = run_inference(client, cube, url, [TinyViTCard()], OPTIONS, manifest_url=str(tmp_path))
+    assert is_complete(url)
+    record = completion_info(url)
+    assert record["stage"] == "infer"
+    assert record["tiles_run"] == report.tiles_run
     total = report.blocks_done + report.blocks_skipped
     assert total == 5 * 4
     assert report.blocks_skipped >= total // 2
