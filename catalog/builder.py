@@ -309,19 +309,23 @@ def _radiometry(
     if offset is not None:
         return (table.scale if scale is None else float(scale)), float(offset)
     if scale is not None:
-        raise ValueError(f"scale={scale} given without offset for {folder}; pass both (offset=0.0 if there is none)")
+        raise ValueError(
+            f"scale {scale} given without an offset for {folder}; give both (--scale and --offset, or scale= and "
+            "offset= in Python), with an offset of 0 if there is none"
+        )
     if template is not None or properties.get("s2:processing_baseline") or table.radiometry == "dn":
         return None, None
     if table.key == "sentinel-2-msi":
         raise ValueError(
-            f"cannot tell the radiometric offset of the Sentinel-2 files in {folder}: pass offset=0.0 "
-            "(processing baseline before 04.00) or offset=-0.1 (04.00 and later), or "
-            "properties={'s2:processing_baseline': 'MM.mm'}"
+            f"cannot tell the radiometric offset of the Sentinel-2 files in {folder}: give --offset 0 "
+            "(processing baseline before 04.00) or --offset -0.1 (04.00 and later); in Python, offset=0.0 or "
+            "offset=-0.1, or properties={'s2:processing_baseline': 'MM.mm'}"
         )
     # Files alone do not show whether they contain Level-1 or Level-2 values, whose scales differ.
     raise ValueError(
-        f"cannot tell the reflectance scale/offset of the {table.key} files in {folder}: pass scale and "
-        f"offset (e.g. scale={table.scale}, offset={table.offset} for the sensor's surface reflectance product)"
+        f"cannot tell the reflectance scale/offset of the {table.key} files in {folder}: give both, e.g. "
+        f"--scale {table.scale} --offset {table.offset} (scale= and offset= in Python) for the sensor's surface "
+        "reflectance product"
     )
 
 

@@ -136,7 +136,7 @@ def test_unknown_offset_rejected(tmp_path):
     folder.mkdir()
     write_band(folder / "B04.tif", 1000)
 
-    with pytest.raises(ValueError, match="cannot tell the radiometric offset .* pass offset=0.0"):
+    with pytest.raises(ValueError, match="cannot tell the radiometric offset .* give --offset 0 "):
         build_local_catalog([folder], tmp_path / "out")
 
 

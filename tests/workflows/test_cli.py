@@ -35,6 +35,7 @@ def test_catalog_build_then_search(tmp_path):
     # L1C files do not carry their processing baseline: the builder requires the offset.
     assert built.returncode == 1
     assert "radiometric offset" in built.stderr
+    assert "--offset 0 " in built.stderr
     assert "Traceback" not in built.stderr
 
     built = fleximo(
