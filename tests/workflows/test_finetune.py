@@ -18,7 +18,7 @@ import yaml
 from click.testing import CliRunner
 from rasterio.transform import from_origin
 
-from pipeline.model import build_model, load_card, load_model, preset_config, read_state_dict
+from pipeline.model import build_model, load_card, load_model, load_model_from_card, preset_config, read_state_dict
 from pipeline.model.scaling import ReflectanceScaling
 from workflows.chips import CLOUD_CLASSES, ChipSpec, cut_chips
 from workflows.evaluate import evaluate_main
@@ -94,6 +94,21 @@ def test_training_lowers_loss_and_writes_card(chip_root: Path, tmp_path: Path) -
     assert result.best_card_path is not None
     assert load_card(result.best_card_path).weights_path().is_file()
     assert (tmp_path / "run" / "history.jsonl").is_file()
+
+
+def test_pixel_skip_model_trains_and_loads_from_its_card(chip_root: Path, tmp_path: Path) -> None:
+    config = _config(chip_root, tmp_path / "run", max_steps=4)
+    config["init"]["architecture"] = {"pixel_skip_channels": 8}
+
+    result = finetune_main(config)
+
+    card = load_card(result.card_path)
+    assert card.architecture.pixel_skip_channels == 8
+    model = load_model_from_card(card)
+    assert model.config.pixel_skip_channels == 8
+    with torch.no_grad():
+        logits = model(torch.rand(1, 3, 16, 16), wavelengths_um=card.wavelengths_um, patch_size=8)
+    assert logits.shape == (1, 2, 16, 16)
 
 
 def test_card_scores_match_training_validation(chip_root: Path, tmp_path: Path) -> None:
