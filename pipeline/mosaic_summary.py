@@ -72,6 +72,13 @@ def describe_mosaic(url: str) -> dict[str, Any]:
     return summary
 
 
+def _classes(attrs: Mapping[str, Any]) -> list[tuple[int, str]]:
+    """Return ``(class id, name)`` from a mosaic's legend, or from a prediction store's ``classes`` list."""
+    if "flag_values" not in attrs and attrs.get("classes"):
+        return list(enumerate(str(name) for name in attrs["classes"]))
+    return [(entry.id, entry.name) for entry in legend_from_attrs(attrs)]
+
+
 def _class_shares(landcover: xr.DataArray, stored_counts: Mapping[str, int] | None) -> dict[str, Any]:
     if stored_counts is not None:
         counts = np.zeros(256, dtype=np.int64)
@@ -83,6 +90,6 @@ def _class_shares(landcover: xr.DataArray, stored_counts: Mapping[str, int] | No
     nodata = int(landcover.attrs.get("nodata", layout.LANDCOVER_NODATA))
     with_class = total - int(counts[nodata])
     shares = {}
-    for entry in legend_from_attrs(landcover.attrs):
-        shares[entry.name] = round(100.0 * int(counts[entry.id]) / with_class, 3) if with_class else 0.0
+    for class_id, name in _classes(landcover.attrs):
+        shares[name] = round(100.0 * int(counts[class_id]) / with_class, 3) if with_class else 0.0
     return {"class_shares_pct": shares, "nodata_pct": round(100.0 * int(counts[nodata]) / total, 3) if total else 0.0}

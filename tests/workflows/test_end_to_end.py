@@ -214,6 +214,12 @@ def test_cli_dry_run_and_inspect(finished_run, tmp_path):
     assert "10 m, 1020 x 1020 px" in inspect.stdout
     assert "%" in inspect.stdout
 
+    prediction = next(Path(summary.outputs["predictions"]).glob("*.zarr"))
+    inspect = subprocess.run([*fleximo, "inspect", str(prediction)], capture_output=True, text=True, timeout=120)
+    assert inspect.returncode == 0, inspect.stderr
+    assert "complete    True" in inspect.stdout
+    assert "land cover class shares:" in inspect.stdout
+
 
 def test_cli_bad_job_exits_nonzero(tmp_path):
     bad = tmp_path / "bad.yaml"
