@@ -108,8 +108,8 @@ class ModelConfig:
             )
         if self.pixel_skip_channels and self.head != "upernet":
             raise ValueError(
-                f"ModelConfig.pixel_skip_channels={self.pixel_skip_channels} needs the upernet head; "
-                f"the {self.head!r} head has no pixel output. Set it to 0."
+                f"ModelConfig.pixel_skip_channels={self.pixel_skip_channels} needs the upernet head, "
+                f"because the {self.head!r} head has no pixel output. Set it to 0."
             )
         if self.head not in HEAD_TYPES:
             raise ValueError(f"ModelConfig.head must be one of {HEAD_TYPES}, got {self.head!r}.")

@@ -133,10 +133,10 @@ class SpectralPixelSkip(nn.Module):
     The ViT splits a tile into patches of ``p`` pixels, so with the reference
     head every output detail comes from the token grid upsampled ``p``
     fold. Thin cloud edges and single-pixel features need the pixels
-    themselves. This path gives each pixel ``S`` features: a 1x1 projection of
-    its bands whose weights are generated from the band wavelengths (DOFA's
-    idea at patch size 1, so one model still takes any band set), averaged
-    over the bands, then GELU and a 1x1 convolution to the decoder width.
+    themselves. This path gives each pixel ``S`` features. A 1x1 projection of
+    its bands, averaged over the bands, has weights generated from the band
+    wavelengths: DOFA's idea at patch size 1, so one model still takes any
+    band set. GELU and a 1x1 convolution to the decoder width follow.
     The head adds them to the decoder output at the tile's pixel size before
     ``cls_seg``.
 
@@ -164,7 +164,7 @@ class SpectralPixelSkip(nn.Module):
     def forward(
         self, decoded: torch.Tensor, pixels: torch.Tensor, wavelengths_um: Sequence[float]
     ) -> torch.Tensor:
-        """Fuse decoder features ``(B, F, h', w')`` with the pixels ``(B, C, H, W)``; return ``(B, F, H, W)``."""
+        """Fuse decoder features ``(B, F, h', w')`` with the pixels ``(B, C, H, W)`` into ``(B, F, H, W)``."""
         size = (pixels.shape[-2], pixels.shape[-1])
         weights = self.band_weights(wavelengths_um, pixels.device).to(pixels.dtype)
         spectral = F.gelu(F.conv2d(pixels, weights, self.bias.to(pixels.dtype)))
@@ -245,7 +245,9 @@ class UPerNetHead(nn.Module):
         decoded = self.decoder(features)
         if self.pixel_skip is not None:
             if pixels is None or wavelengths_um is None:
-                raise ValueError("this upernet head has a pixel skip: pass the input pixels and their wavelengths")
+                raise ValueError(
+                    "missing pixels: this upernet head has a pixel skip, so pass pixels= and wavelengths_um="
+                )
             decoded = self.pixel_skip(decoded, pixels, wavelengths_um)
         logits = self.cls_seg(decoded)
         if tuple(logits.shape[-2:]) != tuple(output_size):

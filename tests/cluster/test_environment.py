@@ -73,17 +73,17 @@ def test_profile_overrides_defaults():
     assert environment["AWS_REQUEST_PAYER"] == "requester"
 
 
-def test_environment_sets_malloc_before_the_nanny_spawns():
+def test_malloc_set_before_spawn():
     environment = worker_environment(worker_cores=2, threads_per_worker=1, memory_limit_bytes=None)
 
     for variable, value in MALLOC_ENVIRONMENT.items():
         assert environment[variable] == value
-    # A job script exports the variables; Dask reads the nanny's spawn settings from them.
+    # A job script exports the variables, and Dask reads the nanny's spawn settings from them.
     config = dask.config.collect_env({PRE_SPAWN_VARIABLE: environment[PRE_SPAWN_VARIABLE]})
     assert config["distributed"]["nanny"]["pre_spawn_environ"] == MALLOC_ENVIRONMENT
 
 
-def test_profile_override_of_malloc_reaches_spawn_settings():
+def test_malloc_override_reaches_spawn():
     environment = worker_environment(
         worker_cores=2, threads_per_worker=1, memory_limit_bytes=None,
         overrides={"MALLOC_TRIM_THRESHOLD_": "1048576"},
@@ -93,7 +93,7 @@ def test_profile_override_of_malloc_reaches_spawn_settings():
     assert nanny_spawn_config(environment)["distributed.nanny.pre-spawn-environ"]["MALLOC_TRIM_THRESHOLD_"] == "1048576"
 
 
-def test_nanny_spawn_config_keeps_dasks_other_settings():
+def test_spawn_config_keeps_dask_settings():
     with dask.config.set({"distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": 1, "MALLOC_TRIM_THRESHOLD_": 65536}}):
         spawn = nanny_spawn_config(MALLOC_ENVIRONMENT)["distributed.nanny.pre-spawn-environ"]
 

@@ -134,7 +134,7 @@ def test_local_worker_environment(local_run):
         assert "FSSPEC_S3" in environment
 
 
-def test_local_workers_start_with_malloc_settings(local_run):
+def test_workers_start_with_malloc(local_run):
     for report in local_run["reports"]:
         started_with = report["start_environment"]
         for variable, value in MALLOC_ENVIRONMENT.items():

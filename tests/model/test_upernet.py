@@ -129,7 +129,7 @@ def _skip_model(seed: int = 5, channels: int = 8) -> FlexiMo:
     return build_model(MODEL_PRESETS["tiny_upernet"].replace(num_classes=2, pixel_skip_channels=channels), seed=seed)
 
 
-def test_pixel_skip_keys_and_width_round_trip() -> None:
+def test_pixel_skip_keys_round_trip() -> None:
     from pipeline.model.checkpoint import infer_config
 
     state = _skip_model(channels=12).state_dict()
@@ -160,7 +160,7 @@ def test_pixel_skip_reaches_single_pixels() -> None:
 def test_pixel_skip_head_needs_pixels() -> None:
     head = _skip_model().dense_head
 
-    with pytest.raises(ValueError, match="pass the input pixels and their wavelengths"):
+    with pytest.raises(ValueError, match="missing pixels: this upernet head has a pixel skip"):
         head(torch.randn(1, 64, 4, 4), (48, 48))
 
 
@@ -174,7 +174,7 @@ def test_pixel_skip_takes_any_band_set() -> None:
     assert four.shape == seven.shape == (1, 2, 32, 32)
 
 
-def test_pixel_skip_folded_matches_modules_and_trains() -> None:
+def test_pixel_skip_folded_and_trainable() -> None:
     model = _skip_model().eval()
     x = torch.randn(2, 4, 40, 40, generator=torch.Generator().manual_seed(2))
 

@@ -8,7 +8,7 @@ from pipeline.blocks import LOGIT_LIMIT, LOGIT_SCALE, _first_index_of, quantize_
 from pipeline.tiling import BLEND_LEVELS
 
 
-def test_quantized_logits_are_int32_steps_of_the_scale():
+def test_quantize_returns_int32_steps():
     logits = torch.tensor([[[0.0, 1.0]], [[0.5, -1.0]]])
 
     quantized = quantize_logits(logits.clone(), "test")
@@ -63,7 +63,7 @@ def test_largest_blend_sum_fits_in_int32():
     assert 4 * largest_term <= np.iinfo(np.int32).max
 
 
-def test_first_index_of_matches_argmax_with_ties():
+def test_first_index_matches_argmax_ties():
     rng = np.random.default_rng(3)
     values = rng.integers(0, 3, size=(6, 40, 30)).astype(np.float32)
 

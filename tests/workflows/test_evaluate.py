@@ -17,6 +17,7 @@ from workflows.chips import CLOUD_CLASSES, ChipDataset, ChipSpec, cut_chips, ope
 from workflows.evaluate import evaluate_main, evaluate_scene, predict_scene
 from workflows.training.metrics import confusion_matrix, segmentation_report
 from workflows.training.model_setup import save_weights, write_model_card
+from torch_threads import one_torch_thread  # noqa: F401  (autouse fixture)
 
 # A hand-made two-class case: 50 clear pixels right, 10 clear called cloud,
 # 5 cloud called clear, 35 cloud right.
@@ -29,15 +30,6 @@ HAND = {
     "recall_cloud": 35 / 40,
     "f1_cloud": 70 / 85,
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():  # type: ignore[no-untyped-def]
-    """Run the tiny models on one thread: on a shared CI machine, spinning OpenMP threads cost more than they give."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_report_matches_hand_computation() -> None:

@@ -26,17 +26,9 @@ from workflows.finetune import finetune_main
 from workflows.training.config import load_finetune_config
 from workflows.training.loop import class_weights, lr_factor
 from workflows.training.model_setup import save_weights, write_model_card
+from torch_threads import one_torch_thread  # noqa: F401  (autouse fixture)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():  # type: ignore[no-untyped-def]
-    """Run the tiny models on one thread: on a shared CI machine, spinning OpenMP threads cost more than they give."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +88,7 @@ def test_training_lowers_loss_and_writes_card(chip_root: Path, tmp_path: Path) -
     assert (tmp_path / "run" / "history.jsonl").is_file()
 
 
-def test_pixel_skip_model_trains_and_loads_from_its_card(chip_root: Path, tmp_path: Path) -> None:
+def test_pixel_skip_card_round_trip(chip_root: Path, tmp_path: Path) -> None:
     config = _config(chip_root, tmp_path / "run", max_steps=4)
     config["init"]["architecture"] = {"pixel_skip_channels": 8}
 

@@ -44,7 +44,7 @@ def demo_cloud_config(chips_root: Path, output: Path, **train_changes: Any) -> d
         "backbone_lr": 2e-3,
         "freeze_backbone": False,
         "warmup_fraction": 0.05,
-        # Cloud counts twice. inverse-sqrt (3.9 times) traded too much precision for recall.
+        # Cloud counts twice. The inverse-sqrt rule (3.9 times) traded too much precision for recall.
         "class_weights": [1.0, 2.0],
         "val_every_epochs": 5,
         "seed": 0,
