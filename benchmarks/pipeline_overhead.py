@@ -99,7 +99,7 @@ def make_cube(size: int, work: Path, chunk_px: int) -> str:
     import rioxarray  # noqa: F401  (registers the .rio accessor)
     import xarray as xr
 
-    from pipeline import layout
+    from pipeline import layout, stores
 
     tif = work / f"scene_{size}.tif"
     if not tif.exists():
@@ -121,7 +121,9 @@ def make_cube(size: int, work: Path, chunk_px: int) -> str:
     )
     dataset = xr.Dataset({layout.REFLECTANCE_VAR: reflectance}, attrs={"gsd_m": abs(transform.a)})
     dataset = dataset.rio.write_crs(crs).set_coords("spatial_ref")
-    encoding = {layout.REFLECTANCE_VAR: {"chunks": (bands, chunk_px, chunk_px), "_FillValue": layout.REFLECTANCE_FILL}}
+    # Chunks and codec as the ingest stage writes them.
+    encoding = {layout.REFLECTANCE_VAR: {"chunks": (bands, chunk_px, chunk_px), "_FillValue": layout.REFLECTANCE_FILL,
+                                         "compressors": stores.stage_compressors()}}
     dataset.to_zarr(cube, mode="w", zarr_format=3, encoding=encoding, consolidated=False)
     return str(cube)
 

@@ -73,8 +73,8 @@ class InferenceOptions:
     patch_size_override
         Patch size in pixels instead of the resolution-matched one.
     threads_per_worker
-        Torch threads per model task on CPU workers; ``None`` gives each worker
-        process its share of the host's cores.
+        Torch threads per model task on CPU workers; ``None`` gives each task
+        thread of a worker an equal share of the worker process's cores.
     blocks_in_flight
         Blocks submitted ahead per model slot (worker, or GPU); bounds memory.
     min_patch, max_patch
@@ -202,11 +202,18 @@ def _token_grid(card: Any) -> int:
 
 
 def _cluster_layout(client: distributed.Client, options: InferenceOptions) -> tuple[bool, int, int | None]:
-    """Return (workers advertise GPUs, model slots, torch threads per CPU worker)."""
+    """Return (workers advertise GPUs, model slots, torch threads per model task on CPU).
+
+    On GPU workers a slot is one GPU. On CPU workers every task thread is a
+    slot: block tasks run the model side by side, and each gets an equal share
+    of its worker process's cores, so that the model never competes for a
+    core with the reads and writes of the other task threads.
+    """
     workers = client.scheduler_info(n_workers=-1)["workers"]
     if not workers:
         raise RuntimeError("the Dask cluster has no workers; start workers before running inference")
     gpus = sum(int(info.get("resources", {}).get("GPU", 0)) for info in workers.values())
+    task_threads = sum(int(info.get("nthreads", 1)) for info in workers.values())
     if options.threads_per_worker is not None:
         threads = options.threads_per_worker
     else:
@@ -216,11 +223,11 @@ def _cluster_layout(client: distributed.Client, options: InferenceOptions) -> tu
             host = distributed.comm.get_address_host(address)
             hosts[host] = hosts.get(host, 0) + 1
         shares = [
-            max(1, cores // hosts[distributed.comm.get_address_host(address)])
+            max(1, cores // hosts[distributed.comm.get_address_host(address)] // int(workers[address].get("nthreads", 1)))
             for address, cores in cores_by_host.items()
         ]
         threads = min(shares)
-    return gpus > 0, (gpus if gpus else len(workers)), threads
+    return gpus > 0, (gpus if gpus else task_threads), threads
 
 
 def _manifest_url(manifest_url: str | None) -> str | None:

@@ -19,7 +19,7 @@ import xarray as xr
 import zarr
 
 from pipeline import layout
-from pipeline.stores import open_dataset, storage_options_from_env, zarr_store
+from pipeline.stores import open_dataset, stage_compressors, storage_options_from_env, zarr_store
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def create_prediction_store(cube: OpenedCube, url: str, jobs: Sequence[Any], chu
                 continue
             data = dask.array.full(shape, layout.PROBABILITY_FILL, dtype=np.uint8, chunks=chunks)
             variables[name] = xr.DataArray(data, dims=dims, attrs=_attributes(job))
-            encoding[name] = {"chunks": chunks, "_FillValue": layout.PROBABILITY_FILL}
+            encoding[name] = {"chunks": chunks, "_FillValue": layout.PROBABILITY_FILL, "compressors": stage_compressors()}
 
     if variables:
         dataset = xr.Dataset(variables, coords=coords)
@@ -160,7 +160,10 @@ def create_prediction_store(cube: OpenedCube, url: str, jobs: Sequence[Any], chu
         dataset.to_zarr(store, mode=mode, compute=False, zarr_format=3, encoding=encoding, consolidated=False)
         logger.info("created %s in prediction store %s", ", ".join(variables), url)
 
-    group = zarr.open_group(zarr_store(url, "r+", storage_options=options), mode="r+")
-    for job in jobs:
-        for name in _variables(job, height, width, chunk_px):
-            group[name].attrs.update(_attributes(job))
+    # New variables got their attributes above. Existing ones get them
+    # updated, with one metadata write per variable.
+    existing = [(job, name) for job in jobs for name in _variables(job, height, width, chunk_px) if name not in variables]
+    if existing:
+        group = zarr.open_group(zarr_store(url, "r+", storage_options=options), mode="r+")
+        for job, name in existing:
+            group[name].update_attributes(_attributes(job))

@@ -27,6 +27,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
+import zarr.codecs
 import zarr.storage
 from affine import Affine
 from odc.geo.crs import CRS
@@ -36,6 +37,13 @@ from odc.geo.xr import xr_coords
 logger = logging.getLogger(__name__)
 
 SPATIAL_REF = "spatial_ref"
+ZSTD_LEVEL = 1
+"""Zstandard level of the stores stages exchange (input cubes, predictions).
+
+On a Sentinel-2 cube, level 1 encodes four times as fast as zarr's default
+level 3 and decodes 40 % faster, for 7 % more bytes. The demo's class
+probabilities even compress better at level 1. The mosaic has its own level.
+"""
 StoreMode = Literal["r", "r+", "a", "w", "w-"]
 
 
@@ -249,6 +257,11 @@ def _fill_value_of(variable: xr.DataArray, name: str) -> Any:
     return np.asarray(fill, dtype=variable.dtype).item()
 
 
+def stage_compressors() -> tuple[zarr.codecs.ZstdCodec]:
+    """Return the compressors of a variable in a store that stages exchange."""
+    return (zarr.codecs.ZstdCodec(level=ZSTD_LEVEL),)
+
+
 def prepare_encoding(ds: xr.Dataset, chunks: Mapping[str, int] | None = None) -> xr.Dataset:
     """Return a copy of ``ds`` whose encoding writes the stored values unchanged.
 
@@ -266,7 +279,7 @@ def prepare_encoding(ds: xr.Dataset, chunks: Mapping[str, int] | None = None) ->
         # chunk, which copies each chunk twice although the values are final.
         attrs = {key: value for key, value in variable.attrs.items() if key not in ("_FillValue", "dtype")}
         attrs["_FillValue"] = fill
-        encoding: dict[str, Any] = {"fill_value": fill}
+        encoding: dict[str, Any] = {"fill_value": fill, "compressors": stage_compressors()}
         if "grid_mapping" in variable.encoding:
             encoding["grid_mapping"] = variable.encoding["grid_mapping"]
         if chunks is not None:

@@ -1,60 +1,76 @@
-"""Quantization and blending arithmetic of the block tasks."""
+"""Quantization, blending and output arithmetic of the block tasks."""
 
 import numpy as np
 import pytest
 import torch
 
-from pipeline.blocks import LOGIT_LIMIT, LOGIT_SCALE, _first_index_of, quantize_logits
-from pipeline.tiling import BLEND_LEVELS
+from pipeline import blend_kernels, layout
+from pipeline.blocks import LOGIT_LIMIT, LOGIT_SCALE, BlendAccumulator
+from pipeline.tiling import BLEND_LEVELS, Tile, blend_window
+
+
+def quantized(logits: np.ndarray, name: str = "test") -> np.ndarray:
+    """Blend one tile with weight 1 everywhere: the sums are its quantized logits."""
+    classes, height, width = logits.shape
+    accumulator = BlendAccumulator((0, height, 0, width), np.ones((height, width), np.int32), name)
+    accumulator.add(Tile(0, 0, 0, 0), np.asarray(logits, dtype=np.float32), (height, width))
+    return accumulator.logit_sum
 
 
 def test_quantize_returns_int32_steps():
-    logits = torch.tensor([[[0.0, 1.0]], [[0.5, -1.0]]])
+    logits = np.array([[[0.0, 1.0]], [[0.5, -1.0]]])
 
-    quantized = quantize_logits(logits.clone(), "test")
+    sums = quantized(logits)
 
-    assert quantized.dtype == torch.int32
+    assert sums.dtype == np.int32
     # Each pixel's largest logit becomes 0: [[-0.5, 0]], [[0, -2]] in steps of 1 / LOGIT_SCALE.
-    assert quantized.tolist() == [[[-LOGIT_SCALE // 2, 0]], [[0, -2 * LOGIT_SCALE]]]
+    assert sums.tolist() == [[[-LOGIT_SCALE // 2, 0]], [[0, -2 * LOGIT_SCALE]]]
 
 
 def test_shifting_keeps_the_softmax():
-    generator = torch.Generator().manual_seed(0)
-    logits = torch.randn(5, 8, 8, generator=generator) * 3
+    logits = np.random.default_rng(0).normal(size=(5, 8, 8)).astype(np.float32) * 3
 
-    shifted = quantize_logits(logits.clone(), "test").float() / LOGIT_SCALE
+    shifted = quantized(logits).astype(np.float32) / LOGIT_SCALE
 
-    assert torch.allclose(torch.softmax(shifted, dim=0), torch.softmax(logits, dim=0), atol=2e-3)
+    assert torch.allclose(torch.softmax(torch.from_numpy(shifted), dim=0),
+                          torch.softmax(torch.from_numpy(logits), dim=0), atol=2e-3)
+
+
+def test_quantization_rounds_half_to_even_like_torch():
+    rng = np.random.default_rng(1)
+    logits = np.round(rng.normal(size=(4, 16, 16)) * 512) / 512  # many exact halves of a step
+    logits = logits.astype(np.float32)
+
+    expected = torch.from_numpy(logits.copy())
+    expected = (expected - expected.amax(dim=0)).clamp(min=-LOGIT_LIMIT).mul(LOGIT_SCALE).round().to(torch.int32)
+
+    assert np.array_equal(quantized(logits), expected.numpy())
 
 
 def test_far_below_the_top_is_clamped():
-    logits = torch.tensor([[[100.0]], [[0.0]]])
+    sums = quantized(np.array([[[100.0]], [[0.0]], [[-np.inf]]]))
 
-    quantized = quantize_logits(logits, "test")
-
-    assert quantized[:, 0, 0].tolist() == [0, -LOGIT_LIMIT * LOGIT_SCALE]
+    assert sums[:, 0, 0].tolist() == [0, -LOGIT_LIMIT * LOGIT_SCALE, -LOGIT_LIMIT * LOGIT_SCALE]
 
 
 def test_single_class_is_clamped_on_both_sides():
-    logits = torch.tensor([[[-1e6, -3.25, 2.5, 1e6]]])
+    sums = quantized(np.array([[[-1e6, -3.25, 2.5, 1e6]]]))
 
-    quantized = quantize_logits(logits, "test")
-
-    assert quantized[0, 0].tolist() == [-LOGIT_LIMIT * LOGIT_SCALE, -832, 640, LOGIT_LIMIT * LOGIT_SCALE]
+    assert sums[0, 0].tolist() == [-LOGIT_LIMIT * LOGIT_SCALE, -832, 640, LOGIT_LIMIT * LOGIT_SCALE]
 
 
-@pytest.mark.parametrize("value", [float("nan"), float("inf")])
-def test_non_finite_logits_name_the_model(value):
-    logits = torch.zeros(3, 2, 2)
+@pytest.mark.parametrize(("value", "message"), [(np.nan, "NaN logits"), (np.inf, "infinite logits")])
+def test_non_finite_logits_name_the_model(value, message):
+    logits = np.zeros((3, 2, 2))
     logits[1, 0, 1] = value
 
-    with pytest.raises(FloatingPointError, match="'broken-card'"):
-        quantize_logits(logits, "broken-card")
+    with pytest.raises(FloatingPointError, match=f"'broken-card' returned {message}"):
+        quantized(logits, "broken-card")
 
 
 def test_nan_single_class_logits_name_the_model():
-    with pytest.raises(FloatingPointError, match="'broken-card'"):
-        quantize_logits(torch.tensor([[[float("nan")]]]), "broken-card")
+    with pytest.raises(FloatingPointError, match="'broken-card' returned NaN"):
+        quantized(np.array([[[np.nan]]]), "broken-card")
 
 
 def test_largest_blend_sum_fits_in_int32():
@@ -63,11 +79,77 @@ def test_largest_blend_sum_fits_in_int32():
     assert 4 * largest_term <= np.iinfo(np.int32).max
 
 
-def test_first_index_matches_argmax_ties():
-    rng = np.random.default_rng(3)
-    values = rng.integers(0, 3, size=(6, 40, 30)).astype(np.float32)
+def test_tiles_add_weighted_where_they_overlap():
+    window = blend_window(8, 2).astype(np.int32)
+    accumulator = BlendAccumulator((0, 8, 0, 14), window, "test")
+    first = np.full((1, 8, 8), 1.0, np.float32)
+    second = np.full((1, 8, 8), -2.0, np.float32)
 
-    labels = _first_index_of(values, values.max(axis=0))
+    accumulator.add(Tile(0, 0, 0, 0), first, (8, 14))
+    accumulator.add(Tile(0, 1, 0, 6), second, (8, 14))
 
-    assert labels.dtype == np.uint8
-    assert np.array_equal(labels, values.argmax(axis=0))
+    expected_weights = np.zeros((8, 14), np.int64)
+    expected_weights[:, :8] += window
+    expected_weights[:, 6:] += window
+    expected_sums = np.zeros((8, 14), np.int64)
+    expected_sums[:, :8] += LOGIT_SCALE * window
+    expected_sums[:, 6:] -= 2 * LOGIT_SCALE * window
+    assert np.array_equal(accumulator.weight_sum, expected_weights)
+    assert np.array_equal(accumulator.logit_sum[0], expected_sums)
+
+
+def test_tile_past_scene_edge_is_cropped():
+    accumulator = BlendAccumulator((0, 5, 0, 6), np.ones((4, 4), np.int32), "test")
+
+    accumulator.add(Tile(1, 1, 3, 4), np.ones((2, 4, 4), np.float32), (5, 6))
+
+    assert accumulator.weight_sum.sum() == 2 * 2
+    assert np.array_equal(accumulator.weight_sum[3:, 4:], np.ones((2, 2)))
+
+
+def _numpy_outputs(logit_sum, weight_sum, nodata):
+    """The land-cover outputs computed with numpy, step by step, as reference."""
+    logits = (logit_sum / (np.maximum(weight_sum, 1) * float(LOGIT_SCALE))).astype(np.float32)
+    top = logits.max(axis=0)
+    exponentials = np.exp(logits - top)
+    inverse = np.float32(1) / exponentials.sum(axis=0)
+    probabilities = np.rint(exponentials * inverse * np.float32(layout.PROBABILITY_SCALE)).astype(np.uint8)
+    probabilities[:, nodata] = 255
+    labels = np.where(nodata, 255, logits.argmax(axis=0)).astype(np.uint8)
+    confidence = np.where(nodata, 255, np.rint(inverse * np.float32(100))).astype(np.uint8)
+    return probabilities, labels, confidence
+
+
+def test_softmax_kernels_match_numpy():
+    rng = np.random.default_rng(5)
+    weight_sum = rng.integers(1, BLEND_LEVELS**2, size=(30, 40)).astype(np.int32)
+    logit_sum = (rng.integers(-16 * LOGIT_SCALE, 1, size=(6, 30, 40)) * weight_sum).astype(np.int32)
+    logit_sum[2, :5] = logit_sum[4, :5]  # ties go to the first class
+    nodata = rng.random((30, 40)) < 0.1
+
+    shifted = np.empty(logit_sum.shape, np.float32)
+    labels = np.empty((30, 40), np.uint8)
+    blend_kernels.shift_by_top(logit_sum, weight_sum, LOGIT_SCALE, shifted, labels)
+    np.exp(shifted, out=shifted)
+    probabilities = np.empty(logit_sum.shape, np.uint8)
+    confidence = np.empty((30, 40), np.uint8)
+    blend_kernels.softmax_outputs(shifted, nodata, 255, layout.PROBABILITY_SCALE, probabilities, labels, confidence)
+
+    expected = _numpy_outputs(logit_sum, weight_sum, nodata)
+    assert np.array_equal(probabilities, expected[0])
+    assert np.array_equal(labels, expected[1])
+    assert np.array_equal(confidence, expected[2])
+
+
+def test_class_percent_is_the_softmax_of_one_class():
+    logit_sum = np.array([[[0]], [[-LOGIT_SCALE]]], np.int32)  # logits 0 and -1
+    shifted = np.empty((2, 1, 1), np.float32)
+    labels = np.empty((1, 1), np.uint8)
+    blend_kernels.shift_by_top(logit_sum, np.ones((1, 1), np.int32), LOGIT_SCALE, shifted, labels)
+    np.exp(shifted, out=shifted)
+    percent = np.empty((1, 1), np.uint8)
+
+    blend_kernels.class_percent(shifted, np.zeros((1, 1), bool), 1, 255, percent)
+
+    assert labels[0, 0] == 0
+    assert percent[0, 0] == round(100 / (1 + np.e))
