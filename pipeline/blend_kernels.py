@@ -23,7 +23,7 @@ BLEND_TOP_NOT_FINITE = 2
 """Status of :func:`blend_tile`: a pixel's largest logit is infinite."""
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def blend_tile(logits, window, logit_sum, weight_sum, row0, col0, height, width, limit, scale):  # pragma: no cover
     """Quantize one tile's logits and add them, weighted, into the blend sums.
 
@@ -95,7 +95,7 @@ def blend_tile(logits, window, logit_sum, weight_sum, row0, col0, height, width,
     return BLEND_OK
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def shift_by_top(logit_sum, weight_sum, scale, shifted, labels):  # pragma: no cover
     """Turn blend sums into blended logits minus each pixel's largest, and find that class.
 
@@ -146,7 +146,7 @@ def shift_by_top(logit_sum, weight_sum, scale, shifted, labels):  # pragma: no c
                 out[x] -= top[x]
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def softmax_outputs(exponentials, nodata, fill, probability_scale, probabilities, labels, confidence):  # pragma: no cover
     """Turn the exponentials of shifted logits into uint8 class probabilities and a confidence.
 
@@ -200,7 +200,7 @@ def softmax_outputs(exponentials, nodata, fill, probability_scale, probabilities
                 confidence_row[x] = np.uint8(np.rint(inverse[x] * np.float32(100.0)))
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def class_percent(exponentials, nodata, index, fill, percent):  # pragma: no cover
     """Write one class's softmax probability in percent (uint8), ``fill`` on nodata pixels.
 
