@@ -13,8 +13,28 @@ faster than a compiled scalar loop. :func:`shift_by_top` runs before it and
 
 from __future__ import annotations
 
+import logging
+
 import numba
 import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def compile_loop(function):
+    """Compile ``function`` with numba, cached on disk where a cache folder is writable.
+
+    numba caches in ``NUMBA_CACHE_DIR`` where set, else next to the module or
+    in the user's cache folder. Where none is writable, as in a container with
+    a read-only file system, it rejects ``cache=True``, and the loop is then
+    compiled in each process instead.
+    """
+    try:
+        return numba.njit(cache=True, nogil=True, error_model="numpy")(function)
+    except RuntimeError:
+        logger.info("no writable numba cache folder for %s, so it is compiled in each process", function.__name__)
+        return numba.njit(nogil=True, error_model="numpy")(function)
+
 
 BLEND_OK = 0
 BLEND_NAN = 1
@@ -23,7 +43,7 @@ BLEND_TOP_NOT_FINITE = 2
 """Status of :func:`blend_tile`: a pixel's largest logit is infinite."""
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@compile_loop
 def blend_tile(logits, window, logit_sum, weight_sum, row0, col0, height, width, limit, scale):  # pragma: no cover
     """Quantize one tile's logits and add them, weighted, into the blend sums.
 
@@ -95,7 +115,7 @@ def blend_tile(logits, window, logit_sum, weight_sum, row0, col0, height, width,
     return BLEND_OK
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@compile_loop
 def shift_by_top(logit_sum, weight_sum, scale, shifted, labels):  # pragma: no cover
     """Turn blend sums into blended logits minus each pixel's largest, and find that class.
 
@@ -146,7 +166,7 @@ def shift_by_top(logit_sum, weight_sum, scale, shifted, labels):  # pragma: no c
                 out[x] -= top[x]
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@compile_loop
 def softmax_outputs(exponentials, nodata, fill, probability_scale, probabilities, labels, confidence):  # pragma: no cover
     """Turn the exponentials of shifted logits into uint8 class probabilities and a confidence.
 
@@ -200,7 +220,7 @@ def softmax_outputs(exponentials, nodata, fill, probability_scale, probabilities
                 confidence_row[x] = np.uint8(np.rint(inverse[x] * np.float32(100.0)))
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@compile_loop
 def class_percent(exponentials, nodata, index, fill, percent):  # pragma: no cover
     """Write one class's softmax probability in percent (uint8), ``fill`` on nodata pixels.
 

@@ -153,3 +153,16 @@ def test_class_percent_is_the_softmax_of_one_class():
 
     assert labels[0, 0] == 0
     assert percent[0, 0] == round(100 / (1 + np.e))
+
+
+def test_loops_compile_without_a_cache_folder(monkeypatch):
+    import numba.core.caching
+
+    monkeypatch.setattr(numba.core.caching.CacheImpl, "_locator_classes", [])
+
+    def add_one(values):
+        return values + 1
+
+    compiled = blend_kernels.compile_loop(add_one)
+
+    assert compiled(np.arange(3)).tolist() == [1, 2, 3]
