@@ -167,6 +167,16 @@ def shift_by_top(logit_sum, weight_sum, scale, shifted, labels):  # pragma: no c
 
 
 @compile_loop
+def _sum_classes(exponentials, y, total):  # pragma: no cover
+    """Write the float32 sum over classes of row ``y`` of ``exponentials``, in class order, into ``total``."""
+    total[:] = exponentials[0, y]
+    for c in range(1, exponentials.shape[0]):
+        row = exponentials[c, y]
+        for x in range(total.size):
+            total[x] += row[x]
+
+
+@compile_loop
 def softmax_outputs(exponentials, nodata, fill, probability_scale, probabilities, labels, confidence):  # pragma: no cover
     """Turn the exponentials of shifted logits into uint8 class probabilities and a confidence.
 
@@ -198,11 +208,7 @@ def softmax_outputs(exponentials, nodata, fill, probability_scale, probabilities
     scale = np.float32(probability_scale)
     for y in range(height):
         invalid = nodata[y]
-        inverse[:] = exponentials[0, y]
-        for c in range(1, classes):
-            row = exponentials[c, y]
-            for x in range(width):
-                inverse[x] += row[x]
+        _sum_classes(exponentials, y, inverse)
         for x in range(width):
             inverse[x] = np.float32(1.0) / inverse[x]
         for c in range(classes):
@@ -226,15 +232,11 @@ def class_percent(exponentials, nodata, index, fill, percent):  # pragma: no cov
 
     ``exponentials`` is float32 ``(classes, H, W)`` as for :func:`softmax_outputs`.
     """
-    classes, height, width = exponentials.shape
+    _, height, width = exponentials.shape
     total = np.empty(width, dtype=np.float32)
     for y in range(height):
         invalid = nodata[y]
-        total[:] = exponentials[0, y]
-        for c in range(1, classes):
-            row = exponentials[c, y]
-            for x in range(width):
-                total[x] += row[x]
+        _sum_classes(exponentials, y, total)
         row = exponentials[index, y]
         out = percent[y]
         for x in range(width):
