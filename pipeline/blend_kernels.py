@@ -36,6 +36,23 @@ def compile_loop(function):
         return numba.njit(nogil=True, error_model="numpy")(function)
 
 
+@compile_loop
+def cut_tile(data, nodata, row0, col0, height, width, scale, out):  # pragma: no cover
+    """Write ``data[:, row0:row0 + height, col0:col0 + width] * scale`` as float32 into ``out[:, :height, :width]``.
+
+    ``data`` is integer ``(band, y, x)`` and ``nodata`` bool ``(y, x)``;
+    nodata pixels become 0. The product is a float32 one, as numpy's
+    ``np.multiply(data, np.float32(scale), dtype=np.float32)``.
+    """
+    for band in range(data.shape[0]):
+        for y in range(height):
+            source = data[band, row0 + y, col0: col0 + width]
+            invalid = nodata[row0 + y, col0: col0 + width]
+            target = out[band, y, :width]
+            for x in range(width):
+                target[x] = np.float32(0.0) if invalid[x] else np.float32(source[x]) * scale
+
+
 BLEND_OK = 0
 BLEND_NAN = 1
 """Status of :func:`blend_tile`: a logit is NaN."""

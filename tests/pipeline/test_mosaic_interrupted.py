@@ -20,7 +20,7 @@ OPTIONS = MosaicOptions(chunk_px=32, overview_min_px=16)
 def _corrupt_chunk(store: Path, relative: str) -> bytes:
     chunk = store / relative
     original = chunk.read_bytes()
-    chunk.write_bytes(b"not a zstd frame" * 4)
+    chunk.write_bytes(b"not a compressed chunk" * 4)
     return original
 
 
@@ -32,7 +32,7 @@ def test_interrupted_mosaic_is_incomplete_then_rerun_completes(tmp_path: Path) -
     # the write fails after the metadata and some blocks are on disk.
     probabilities = Path(scenes.urls[1]) / "landcover_probability"
     original = _corrupt_chunk(probabilities, "c/0/1/1")
-    with pytest.raises(RuntimeError, match="Zstd decompression error"):
+    with pytest.raises(RuntimeError, match="decompression"):
         build_mosaic(scenes.urls, url, legend=LEGEND, provenance=PROVENANCE, options=OPTIONS)
 
     assert Path(url, "zarr.json").exists()
@@ -64,7 +64,7 @@ def test_failed_rewrite_of_complete_mosaic_is_incomplete(tmp_path: Path) -> None
     # A rerun that fails midway must not leave the old completion record
     # behind, because the store then holds blocks of two runs.
     _corrupt_chunk(Path(scenes.urls[2]) / "landcover", "c/2/0")
-    with pytest.raises(RuntimeError, match="Zstd decompression error"):
+    with pytest.raises(RuntimeError, match="decompression"):
         build_mosaic(scenes.urls, url, legend=LEGEND, provenance=PROVENANCE, options=OPTIONS)
     assert not is_complete(url)
 
@@ -86,7 +86,7 @@ def test_describe_mosaic_reports_incomplete_store(tmp_path: Path) -> None:
     scenes = ThreeScenes(tmp_path / "predictions")
     url = str(tmp_path / "mosaic.zarr")
     _corrupt_chunk(Path(scenes.urls[1]) / "landcover_confidence", "c/0/0")
-    with pytest.raises(RuntimeError, match="Zstd decompression error"):
+    with pytest.raises(RuntimeError, match="decompression"):
         build_mosaic(scenes.urls, url, legend=LEGEND, provenance=PROVENANCE, options=OPTIONS)
 
     summary = describe_mosaic(url)
