@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import blend_kernels, layout
+from pipeline import blend_kernels, chunk_cache, layout
 from pipeline.model.precision import autocast
 from pipeline.model_cache import model_for
 from pipeline.stores import zarr_store
@@ -78,6 +79,7 @@ class CardJob:
     manifest_url: str | None
     observation: str
     band_indices: tuple[int, ...] | None = None  # cube bands fed to this card's model; None: all
+    probabilities: bool = True  # a land-cover card also writes each class's probability
 
 
 @dataclasses.dataclass
@@ -124,14 +126,30 @@ class BlockResult:
     model_seconds: float
 
 
-def read_block(cube: CubeInfo, footprint: tuple[int, int, int, int]) -> np.ndarray:
-    """Read reflectance ``(band, y, x)`` int16 of a footprint ``(y0, y1, x0, x1)`` from the cube."""
+def read_block(
+    cube: CubeInfo,
+    footprint: tuple[int, int, int, int],
+    block: tuple[int, int, int, int] | None = None,
+    run: str | None = None,
+) -> np.ndarray:
+    """Read reflectance ``(band, y, x)`` int16 of a footprint ``(y0, y1, x0, x1)`` from the cube.
+
+    Given the ``block`` region the read is for and a ``run`` token shared by
+    the run's reads, chunks that later blocks read again stay decoded in this
+    worker process (:mod:`pipeline.chunk_cache`), up to about two rows of
+    chunks across the scene.
+    """
     import zarr
 
     y0, y1, x0, x1 = footprint
     store = zarr_store(cube.url, "r", storage_options=dict(cube.storage_options))
     array = zarr.open_group(store, mode="r")[layout.REFLECTANCE_VAR]
-    return np.asarray(array[:, y0:y1, x0:x1])
+    bands, _, width = array.shape
+    if block is None or run is None or array.chunks[0] != bands:
+        return np.asarray(array[:, y0:y1, x0:x1])
+    chunk_bytes = array.dtype.itemsize * math.prod(array.chunks)
+    limit_bytes = 2 * (math.ceil(width / array.chunks[2]) + 1) * chunk_bytes
+    return chunk_cache.read_region_cached(array, (cube.url, run), footprint, block, limit_bytes)
 
 
 def _device() -> torch.device:
@@ -401,8 +419,11 @@ def _output_arrays(job: CardJob, logit_sum: np.ndarray, weight_sum: np.ndarray,
         blend_kernels.class_percent(exponentials, nodata, cloud_class_index(job.card), fill, percent)
         return {layout.CLOUD_PROBABILITY_VAR: percent}
 
-    probabilities = np.empty((classes, height, width), dtype=np.uint8)
     confidence = np.empty((height, width), dtype=np.uint8)
+    if not job.probabilities:
+        blend_kernels.label_confidence(exponentials, nodata, fill, labels, confidence)
+        return {layout.LANDCOVER_VAR: labels, layout.LANDCOVER_CONFIDENCE_VAR: confidence}
+    probabilities = np.empty((classes, height, width), dtype=np.uint8)
     blend_kernels.softmax_outputs(exponentials, nodata, fill, layout.PROBABILITY_SCALE, probabilities, labels,
                                   confidence)
     return {
@@ -470,12 +491,14 @@ def _empty_outputs(job: CardJob, height: int, width: int) -> dict[str, np.ndarra
     fill = layout.PROBABILITY_FILL
     if job.card.task == "cloud":
         return {layout.CLOUD_PROBABILITY_VAR: np.full((height, width), fill, np.uint8)}
-    classes = len(job.card.class_names)
-    return {
-        layout.LANDCOVER_PROBABILITY_VAR: np.full((classes, height, width), fill, np.uint8),
+    outputs = {
         layout.LANDCOVER_VAR: np.full((height, width), fill, np.uint8),
         layout.LANDCOVER_CONFIDENCE_VAR: np.full((height, width), fill, np.uint8),
     }
+    if job.probabilities:
+        classes = len(job.card.class_names)
+        outputs[layout.LANDCOVER_PROBABILITY_VAR] = np.full((classes, height, width), fill, np.uint8)
+    return outputs
 
 
 def prediction_stats(prediction: BlockPrediction) -> BlockResult:

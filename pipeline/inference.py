@@ -19,6 +19,7 @@ order, a few at a time, so memory stays flat whatever the scene size.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -46,7 +47,7 @@ from pipeline.blocks import (
 from pipeline.completion import clear_complete, mark_complete
 from pipeline.manifest import Manifest
 from pipeline.prediction_store import create_prediction_store, open_cube
-from pipeline.tiling import choose_patch_size, plan_blocks, tile_grid
+from pipeline.tiling import Block, choose_patch_size, plan_blocks, tile_grid
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,10 @@ class InferenceOptions:
         Blocks submitted ahead per model slot (worker, or GPU); bounds memory.
     min_patch, max_patch
         Range the resolution-matched patch size is clamped to, in pixels.
+    class_probabilities
+        Store each land-cover class's probability as well as the class and
+        its confidence. Without them the prediction store is smaller and the
+        stage faster, and a mosaic can only take the least cloudy observation.
     """
 
     overlap_px: int | None = None
@@ -92,6 +97,7 @@ class InferenceOptions:
     blocks_in_flight: int = 2
     min_patch: int = 4
     max_patch: int = 64
+    class_probabilities: bool = True
 
     def __post_init__(self) -> None:
         if self.overlap_px is not None and self.overlap_px < 0:
@@ -291,12 +297,15 @@ def run_inference(
         grid = tile_grid(cube.info.height, cube.info.width, tile_px, options.overlap_for(tile_px))
         plan = plan_blocks(grid, options.block_px, options.chunk_px)
         fingerprint = card.fingerprint()
+        probabilities = options.class_probabilities or card.task != "landcover"
         key = f"{card.task}-{fingerprint[:12]}-p{patch_px}-o{grid.overlap_px}-b{plan.block_px}"
+        if not probabilities:
+            key += "-labels"
         jobs.append(CardJob(
             card=card, fingerprint=fingerprint, key=key, plan=plan, patch_px=patch_px, batch_size=options.batch_size,
             precision=options.precision, threads=threads, prediction_url=prediction_url,
             storage_options=cube.storage_options, manifest_url=manifest_url, observation=observation,
-            band_indices=_card_bands(card, cube.info.wavelengths_um),
+            band_indices=_card_bands(card, cube.info.wavelengths_um), probabilities=probabilities,
         ))
         logger.info(
             "%s: card %s, patch %d px, tiles %d px with %d px overlap (%d tiles), %d blocks of %d px",
@@ -306,13 +315,17 @@ def run_inference(
     storage_options = dict(cube.storage_options)
     # A store left by an interrupted rerun must not read as complete.
     clear_complete(prediction_url, storage_options)
-    create_prediction_store(cube, prediction_url, jobs, options.chunk_px)
     counter = _Progress(sum(len(job.plan) for job in jobs), progress)
     done = manifest.done_blocks("infer", observation) if manifest else set()
-    reports = [
-        _run_card(client, cube.info, job, done, use_gpu, slots * options.blocks_in_flight, counter)
-        for job in jobs
-    ]
+    # The first blocks are read and predicted while this thread creates the
+    # store; their writes wait for it.
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prediction-store") as pool:
+        store_ready = pool.submit(create_prediction_store, cube, prediction_url, jobs, options.chunk_px)
+        reports = [
+            _run_card(client, cube.info, job, done, use_gpu, slots * options.blocks_in_flight, counter, store_ready)
+            for job in jobs
+        ]
+        store_ready.result()
     if manifest is not None:
         Manifest.load(manifest_url, dict(cube.storage_options)).save()
 
@@ -351,8 +364,13 @@ def _run_card(
     use_gpu: bool,
     max_in_flight: int,
     progress: _Progress,
+    store_ready: concurrent.futures.Future,
 ) -> CardReport:
-    """Submit the block tasks of one card, a bounded number of blocks at a time, and wait for them."""
+    """Submit the block tasks of one card, a bounded number of blocks at a time, and wait for them.
+
+    Write tasks are held back until ``store_ready`` (the creation of the
+    prediction store) is done, and count towards ``max_in_flight`` meanwhile.
+    """
     plan = job.plan
     blocks = list(plan)
     done = {block.block_id for block in blocks if f"{job.key}-{block.block_id}" in done_ids}
@@ -367,6 +385,8 @@ def _run_card(
     active: set[distributed.Future] = set()
     results: list[BlockResult] = []
 
+    held: list[tuple[Block, distributed.Future, list[distributed.Future], str, int]] = []
+
     def collect(finished: set[distributed.Future]) -> None:
         for future in finished:
             result = future.result()
@@ -375,17 +395,33 @@ def _run_card(
                 progress.step()
             future.release()
 
+    def submit_held(wait: bool = False) -> None:
+        if held and (wait or store_ready.done()):
+            store_ready.result()
+            for block, prediction, block_overlaps, name, priority in held:
+                active.add(client.submit(
+                    write_block, job, block, prediction, block_overlaps, key=f"write-{name}", priority=priority,
+                ))
+            held.clear()
+
     for index, block in enumerate(blocks):
         if block.block_id in done and block.block_id not in needed:
             progress.step()
             continue
-        while len(active) >= max_in_flight:
+        submit_held()
+        while len(active) + len(held) >= max_in_flight:
+            if held:
+                submit_held(wait=True)
+                continue
             finished = distributed.wait(active, return_when="FIRST_COMPLETED").done
             active -= finished
             collect(finished)
 
         name = f"{job.key}-{block.block_id}-{run}"
-        data = client.submit(read_block, cube, plan.footprint(block), key=f"read-{name}", priority=-2 * index)
+        data = client.submit(
+            read_block, cube, plan.footprint(block), (block.y0, block.y1, block.x0, block.x1), run,
+            key=f"read-{name}", priority=-2 * index,
+        )
         prediction = client.submit(
             predict_block, job, block, data, cube, key=f"predict-{name}", resources=resources, priority=-2 * index
         )
@@ -399,12 +435,11 @@ def _run_card(
             progress.step()
             active.add(client.submit(prediction_stats, prediction, key=f"stats-{name}", priority=1 - 2 * index))
         else:
-            active.add(client.submit(
-                write_block, job, block, prediction, overlaps.pop(block.block_id, []),
-                key=f"write-{name}", priority=1 - 2 * index,
-            ))
+            held.append((block, prediction, overlaps.pop(block.block_id, []), name, 1 - 2 * index))
+            submit_held()
         del data, prediction
 
+    submit_held(wait=True)
     while active:
         finished = distributed.wait(active, return_when="FIRST_COMPLETED").done
         active -= finished
