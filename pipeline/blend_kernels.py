@@ -244,6 +244,28 @@ def softmax_outputs(exponentials, nodata, fill, probability_scale, probabilities
 
 
 @compile_loop
+def label_confidence(exponentials, nodata, fill, labels, confidence):  # pragma: no cover
+    """Write the confidence of :func:`softmax_outputs` and set nodata labels, without the class probabilities.
+
+    The confidence is the same bytes as there: ``rint(100 / sum)`` with the
+    float32 sum of the exponentials in class order.
+    """
+    _, height, width = exponentials.shape
+    total = np.empty(width, dtype=np.float32)
+    for y in range(height):
+        invalid = nodata[y]
+        _sum_classes(exponentials, y, total)
+        label_row = labels[y]
+        confidence_row = confidence[y]
+        for x in range(width):
+            if invalid[x]:
+                label_row[x] = fill
+                confidence_row[x] = fill
+            else:
+                confidence_row[x] = np.uint8(np.rint((np.float32(1.0) / total[x]) * np.float32(100.0)))
+
+
+@compile_loop
 def class_percent(exponentials, nodata, index, fill, percent):  # pragma: no cover
     """Write one class's softmax probability in percent (uint8), ``fill`` on nodata pixels.
 

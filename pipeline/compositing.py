@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -78,7 +78,7 @@ class CompositeLayers:
 
 
 def composite_block(
-    probabilities: np.ndarray,
+    probabilities: np.ndarray | None,
     landcover: np.ndarray,
     confidence: np.ndarray,
     cloud: np.ndarray,
@@ -93,7 +93,8 @@ def composite_block(
     ----------
     probabilities
         uint8 ``(N, C, H, W)`` class probabilities as ``round(p * 250)``,
-        255 where not observed.
+        255 where not observed; ``None`` for ``"least-cloudy"``, which
+        does not use them.
     landcover
         uint8 ``(N, H, W)`` per-observation class ids, 255 where not observed.
     confidence
@@ -114,8 +115,11 @@ def composite_block(
     CompositeLayers
         The composite layers of the block.
     """
-    n_obs, n_classes = probabilities.shape[:2]
-    if len(class_ids) != n_classes:
+    if probabilities is None:
+        if method == "clear-weighted":
+            raise ValueError("method 'clear-weighted' needs the class probabilities; use 'least-cloudy' without them")
+    elif len(class_ids) != probabilities.shape[1]:
+        n_classes = probabilities.shape[1]
         raise ValueError(
             f"class_ids has {len(class_ids)} entries but the probabilities have "
             f"{n_classes} class planes; pass one class id per plane"
@@ -199,7 +203,7 @@ def _least_cloudy(
 
 
 def composite_stack(
-    probabilities: np.ndarray,
+    probabilities: np.ndarray | None,
     landcover: np.ndarray,
     confidence: np.ndarray,
     cloud: np.ndarray,
@@ -223,3 +227,10 @@ def composite_stack(
         cloud_threshold_pct=cloud_threshold_pct,
     )
     return np.stack([getattr(layers, name) for name in STACK_LAYERS]).astype(np.uint16)
+
+
+def composite_stack_without_probabilities(
+    landcover: np.ndarray, confidence: np.ndarray, cloud: np.ndarray, **options: Any
+) -> np.ndarray:
+    """:func:`composite_stack` of observations stored without class probabilities."""
+    return composite_stack(None, landcover, confidence, cloud, **options)

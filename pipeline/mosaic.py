@@ -50,7 +50,13 @@ from odc.geo.xr import xr_coords
 
 from pipeline import layout
 from pipeline.completion import clear_complete, mark_complete, open_mosaic
-from pipeline.compositing import STACK_LAYERS, CompositeMethod, COMPOSITE_METHODS, composite_stack
+from pipeline.compositing import (
+    COMPOSITE_METHODS,
+    STACK_LAYERS,
+    CompositeMethod,
+    composite_stack,
+    composite_stack_without_probabilities,
+)
 from pipeline.legend import LegendEntry, legend_attrs, normalize_legend
 from pipeline.mosaic_inputs import PredictionInputs, open_predictions
 from pipeline.mosaic_summary import class_histogram, describe_mosaic
@@ -157,16 +163,19 @@ def _composite_dataset(
     inputs: PredictionInputs, legend: Sequence[LegendEntry], options: MosaicOptions, write_px: int
 ) -> xr.Dataset:
     """Build the lazy composite layers on the job grid."""
-    probabilities = da.stack([data.rechunk((-1, write_px, write_px)) for data in inputs.probabilities])
     landcover = da.stack([data.rechunk((write_px, write_px)) for data in inputs.landcover])
     confidence = da.stack([data.rechunk((write_px, write_px)) for data in inputs.confidence])
     cloud = da.stack([data.rechunk((write_px, write_px)) for data in inputs.cloud])
+    if inputs.probabilities:
+        probabilities = da.stack([data.rechunk((-1, write_px, write_px)) for data in inputs.probabilities])
+        function, arguments = composite_stack, (probabilities.rechunk({0: -1, 1: -1}), "ncyx")
+    else:
+        function, arguments = composite_stack_without_probabilities, ()
 
     stacked = da.blockwise(
-        composite_stack,
+        function,
         "lyx",
-        probabilities.rechunk({0: -1, 1: -1}),
-        "ncyx",
+        *arguments,
         landcover.rechunk({0: -1}),
         "nyx",
         confidence.rechunk({0: -1}),
@@ -308,10 +317,13 @@ def build_mosaic(
     ------
     ValueError
         If no prediction store is given, the stores are on different grids,
-        or the legend does not match their class planes.
+        the legend does not match their class planes, or the method is
+        ``"clear-weighted"`` and a store has no class probabilities.
     """
     entries = normalize_legend(legend)
-    inputs = open_predictions(prediction_urls, legend_ids=[entry.id for entry in entries])
+    inputs = open_predictions(
+        prediction_urls, legend_ids=[entry.id for entry in entries], probabilities=options.method == "clear-weighted"
+    )
     geobox = inputs.geobox
     shard_px = options.shard_px((geobox.shape.y, geobox.shape.x))
     write_px = shard_px or options.chunk_px

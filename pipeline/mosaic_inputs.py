@@ -20,7 +20,6 @@ from pipeline.stores import grid_of, open_dataset
 logger = logging.getLogger(__name__)
 
 _REQUIRED_VARS = (
-    layout.LANDCOVER_PROBABILITY_VAR,
     layout.LANDCOVER_VAR,
     layout.LANDCOVER_CONFIDENCE_VAR,
 )
@@ -40,7 +39,8 @@ class PredictionInputs:
     probabilities, landcover, confidence, cloud
         One dask array per observation: ``(C, H, W)`` for probabilities,
         ``(H, W)`` for the others; ``cloud`` is all 255 (unknown) for an
-        observation without a cloud layer.
+        observation without a cloud layer. ``probabilities`` is empty when
+        they were not asked for.
     class_ids
         Class id of each probability plane.
     observations
@@ -132,20 +132,27 @@ def _observation_attrs(dataset: xr.Dataset, url: str) -> dict[str, Any]:
     return attrs
 
 
-def _open_one(url: str) -> xr.Dataset:
+def _open_one(url: str, probabilities: bool) -> xr.Dataset:
     dataset = open_dataset(url, mask_and_scale=False)
     missing = [name for name in _REQUIRED_VARS if name not in dataset]
     if missing:
         raise ValueError(
             f"prediction store {url!r} lacks {missing}; variables present: {sorted(dataset.data_vars)}"
         )
-    for name in (*_REQUIRED_VARS, layout.CLOUD_PROBABILITY_VAR):
+    if probabilities and layout.LANDCOVER_PROBABILITY_VAR not in dataset:
+        raise ValueError(
+            f"prediction store {url!r} has no {layout.LANDCOVER_PROBABILITY_VAR!r} (inference ran without class "
+            "probabilities); composite it with method 'least-cloudy', or rerun inference with class probabilities"
+        )
+    for name in (*_REQUIRED_VARS, layout.LANDCOVER_PROBABILITY_VAR, layout.CLOUD_PROBABILITY_VAR):
         if name in dataset and dataset[name].dtype != np.uint8:
             raise ValueError(f"prediction store {url!r}: {name} is {dataset[name].dtype}; expected uint8")
     return dataset
 
 
-def open_predictions(urls: Sequence[str], *, legend_ids: Sequence[int]) -> PredictionInputs:
+def open_predictions(
+    urls: Sequence[str], *, legend_ids: Sequence[int], probabilities: bool = True
+) -> PredictionInputs:
     """Open the prediction stores of a job and check that they fit together.
 
     Parameters
@@ -153,7 +160,10 @@ def open_predictions(urls: Sequence[str], *, legend_ids: Sequence[int]) -> Predi
     urls
         Prediction store locations, in any order.
     legend_ids
-        Class ids of the legend; a store's probability planes must match them.
+        Class ids of the legend; a store's probability planes, or else the
+        classes its land-cover layer names, must match them.
+    probabilities
+        Whether to open the class probabilities, which every store must then have.
 
     Raises
     ------
@@ -166,7 +176,7 @@ def open_predictions(urls: Sequence[str], *, legend_ids: Sequence[int]) -> Predi
 
     opened = []
     for url in urls:
-        dataset = _open_one(str(url))
+        dataset = _open_one(str(url), probabilities)
         attrs = _observation_attrs(dataset, str(url))
         default_id = str(url).rstrip("/").rsplit("/", 1)[-1].removesuffix(".zarr")
         observation_id = str(attrs.get("observation_id", default_id))
@@ -177,9 +187,9 @@ def open_predictions(urls: Sequence[str], *, legend_ids: Sequence[int]) -> Predi
     reference_url = opened[0][2]
     reference = opened[0][3]
     geobox = geobox_of(reference, reference_url)
-    class_ids = _class_ids(reference, reference_url, legend_ids)
+    class_ids = _class_ids(reference, reference_url, legend_ids, probabilities)
 
-    probabilities, landcover, confidence, cloud, observations = [], [], [], [], []
+    planes, landcover, confidence, cloud, observations = [], [], [], [], []
     for when, observation_id, url, dataset, attrs in opened:
         other = geobox_of(dataset, url)
         if other != geobox:
@@ -187,10 +197,11 @@ def open_predictions(urls: Sequence[str], *, legend_ids: Sequence[int]) -> Predi
                 f"prediction store {url!r} is on grid {other!r}, but {reference_url!r} is on {geobox!r}; "
                 "every prediction of a job must be on the job grid"
             )
-        if _class_ids(dataset, url, legend_ids) != class_ids:
+        if _class_ids(dataset, url, legend_ids, probabilities) != class_ids:
             raise ValueError(f"prediction store {url!r} orders its classes differently from {reference_url!r}")
 
-        probabilities.append(dataset[layout.LANDCOVER_PROBABILITY_VAR].transpose(..., "y", "x").data)
+        if probabilities:
+            planes.append(dataset[layout.LANDCOVER_PROBABILITY_VAR].transpose(..., "y", "x").data)
         landcover.append(dataset[layout.LANDCOVER_VAR].data)
         confidence.append(dataset[layout.LANDCOVER_CONFIDENCE_VAR].data)
         if layout.CLOUD_PROBABILITY_VAR in dataset:
@@ -204,7 +215,7 @@ def open_predictions(urls: Sequence[str], *, legend_ids: Sequence[int]) -> Predi
     return PredictionInputs(
         geobox=geobox,
         coords={name: xr.DataArray(variable) for name, variable in coords.items()},
-        probabilities=tuple(probabilities),
+        probabilities=tuple(planes),
         landcover=tuple(landcover),
         confidence=tuple(confidence),
         cloud=tuple(cloud),
@@ -213,7 +224,15 @@ def open_predictions(urls: Sequence[str], *, legend_ids: Sequence[int]) -> Predi
     )
 
 
-def _class_ids(dataset: xr.Dataset, url: str, legend_ids: Sequence[int]) -> tuple[int, ...]:
+def _class_ids(dataset: xr.Dataset, url: str, legend_ids: Sequence[int], probabilities: bool) -> tuple[int, ...]:
+    if not probabilities:
+        names = dataset[layout.LANDCOVER_VAR].attrs.get("classes")
+        if names is not None and len(names) != len(legend_ids):
+            raise ValueError(
+                f"prediction store {url!r} has {len(names)} classes {list(names)}, but the legend has "
+                f"{len(legend_ids)}; pass the legend of the model that made the predictions"
+            )
+        return tuple(int(value) for value in legend_ids)
     probability = dataset[layout.LANDCOVER_PROBABILITY_VAR]
     class_dim = next(dim for dim in probability.dims if dim not in ("y", "x"))
     n_planes = probability.sizes[class_dim]

@@ -92,12 +92,12 @@ def _variables(job: Any, height: int, width: int, chunk_px: int) -> dict[str, tu
     chunks = (min(chunk_px, height), min(chunk_px, width))
     if job.card.task == "cloud":
         return {layout.CLOUD_PROBABILITY_VAR: (("y", "x"), chunks)}
-    classes = len(job.card.class_names)
-    return {
-        layout.LANDCOVER_PROBABILITY_VAR: (("class", "y", "x"), (classes, *chunks)),
-        layout.LANDCOVER_VAR: (("y", "x"), chunks),
-        layout.LANDCOVER_CONFIDENCE_VAR: (("y", "x"), chunks),
-    }
+    variables: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {}
+    if getattr(job, "probabilities", True):
+        variables[layout.LANDCOVER_PROBABILITY_VAR] = (("class", "y", "x"), (len(job.card.class_names), *chunks))
+    variables[layout.LANDCOVER_VAR] = (("y", "x"), chunks)
+    variables[layout.LANDCOVER_CONFIDENCE_VAR] = (("y", "x"), chunks)
+    return variables
 
 
 def _attributes(job: Any) -> dict[str, Any]:
@@ -118,7 +118,8 @@ def create_prediction_store(cube: OpenedCube, url: str, jobs: Sequence[Any], chu
     """Create the prediction store for the cards of ``jobs``, or complete an existing one.
 
     Missing variables are added; existing ones keep their pixels (a resumed
-    run) and get their attributes updated.
+    run) and get their attributes updated. Class probabilities that a run
+    without them would leave out of date are removed.
 
     Raises
     ------
@@ -133,6 +134,17 @@ def create_prediction_store(cube: OpenedCube, url: str, jobs: Sequence[Any], chu
         present = {name: existing[name].shape for name in existing.array_keys()}
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         present = None
+
+    stale = [
+        layout.LANDCOVER_PROBABILITY_VAR for job in jobs
+        if job.card.task == "landcover" and not getattr(job, "probabilities", True)
+        and present is not None and layout.LANDCOVER_PROBABILITY_VAR in present
+    ]
+    if stale:
+        # An earlier run stored class probabilities; this one would leave
+        # them out of date where it rewrites blocks.
+        del zarr.open_group(zarr_store(url, "r+", storage_options=options), mode="r+")[stale[0]]
+        logger.info("removed %s from prediction store %s: this run writes no class probabilities", stale[0], url)
 
     coords = {name: cube.dataset[name] for name in ("y", "x", "spatial_ref") if name in cube.dataset.variables}
     variables, encoding = {}, {}

@@ -134,8 +134,15 @@ class ProductSpec(_Frozen):
     card: str = Field(description="model card YAML path, or builtin:<name> for a card shipped with the package")
 
 
+class LandcoverSpec(ProductSpec):
+    probabilities: bool = Field(
+        default=True,
+        description="also store each class's probability; mosaic method clear-weighted needs them",
+    )
+
+
 class ProductsSpec(_Frozen):
-    landcover: ProductSpec | None = None
+    landcover: LandcoverSpec | None = None
     cloud: ProductSpec | None = None
 
     @model_validator(mode="after")
@@ -187,6 +194,16 @@ class JobSpec(_Frozen):
     on_error: Literal["fail", "skip"] = Field(default="fail", description="what a scene that cannot be read does")
 
     base_dir: Path = Field(default=Path("."), exclude=True, description="folder relative paths are resolved against")
+
+    @model_validator(mode="after")
+    def _mosaic_has_its_inputs(self) -> JobSpec:
+        landcover = self.products.landcover
+        if landcover is not None and not landcover.probabilities and self.mosaic.method == "clear-weighted":
+            raise ValueError(
+                "products.landcover.probabilities is false, but mosaic.method 'clear-weighted' averages class "
+                "probabilities; set mosaic.method to 'least-cloudy' or products.landcover.probabilities to true"
+            )
+        return self
 
     def resolve_path(self, value: str | Path) -> Path:
         """Resolve a path from the job file against the job file's folder."""

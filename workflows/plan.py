@@ -181,7 +181,7 @@ def load_cards(job: JobSpec) -> tuple[dict[str, ModelCard], dict[str, Path]]:
 
 
 def inference_options(job: JobSpec) -> InferenceOptions:
-    """Return the inference stage's options for the job's tiling section."""
+    """Return the inference stage's options for the job's tiling section and land-cover product."""
     tiling = job.tiling
     return InferenceOptions(
         overlap_px=tiling.overlap_px,
@@ -190,6 +190,7 @@ def inference_options(job: JobSpec) -> InferenceOptions:
         batch_size=tiling.batch_size,
         precision=tiling.precision,
         patch_size_override=tiling.patch_size,
+        class_probabilities=job.products.landcover is None or job.products.landcover.probabilities,
     )
 
 

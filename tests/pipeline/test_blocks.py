@@ -156,6 +156,26 @@ def test_softmax_kernels_match_numpy():
     assert np.array_equal(confidence, expected[2])
 
 
+def test_label_confidence_matches_the_full_softmax_outputs():
+    rng = np.random.default_rng(7)
+    exponentials = np.exp(-rng.random((5, 20, 30), dtype=np.float32) * 8)
+    exponentials[2] = 1
+    nodata = rng.random((20, 30)) < 0.2
+    labels = np.full((20, 30), 2, np.uint8)
+    probabilities = np.empty((5, 20, 30), np.uint8)
+    confidence = np.empty((20, 30), np.uint8)
+    blend_kernels.softmax_outputs(exponentials, nodata, 255, layout.PROBABILITY_SCALE, probabilities, labels,
+                                  confidence)
+
+    only_labels = np.full((20, 30), 2, np.uint8)
+    only_confidence = np.empty((20, 30), np.uint8)
+    blend_kernels.label_confidence(exponentials, nodata, 255, only_labels, only_confidence)
+
+    assert np.array_equal(only_labels, labels)
+    assert np.array_equal(only_confidence, confidence)
+    assert (only_labels[nodata] == 255).all()
+
+
 def test_class_percent_is_the_softmax_of_one_class():
     logit_sum = np.array([[[0]], [[-LOGIT_SCALE]]], np.int32)  # logits 0 and -1
     shifted = np.empty((2, 1, 1), np.float32)

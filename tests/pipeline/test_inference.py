@@ -130,6 +130,20 @@ def test_rerun_resumes_and_gives_same_bytes(client, cube, reference, tmp_path):
     assert (tmp_path / "manifest.json").exists()
 
 
+def test_without_probabilities_same_classes_and_confidence(client, cube, reference, tmp_path):
+    url = str(tmp_path / "obs-1.zarr")
+    labels_only = dataclasses.replace(OPTIONS, class_probabilities=False)
+
+    # A resumed store that holds probabilities from a full run loses them, since this run would leave them stale.
+    run_inference(client, cube, url, [TinyViTCard()], OPTIONS)
+    run_inference(client, cube, url, [TinyViTCard()], labels_only, manifest_url=str(tmp_path))
+
+    result = _read(url)
+    assert layout.LANDCOVER_PROBABILITY_VAR not in result
+    for name in (layout.LANDCOVER_VAR, layout.LANDCOVER_CONFIDENCE_VAR):
+        assert np.array_equal(result[name], reference[name]), name
+
+
 def _expected_pointwise(card: PointwiseCard, values: np.ndarray) -> dict[str, np.ndarray]:
     """The pointwise card's outputs computed on the whole scene at once, without tiles."""
     nodata = (values == layout.REFLECTANCE_FILL).any(axis=0)

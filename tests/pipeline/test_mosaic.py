@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import rioxarray  # noqa: F401  (registers the .rio accessor)
@@ -94,6 +96,25 @@ def test_mosaic_least_cloudy_picks_clearest(scenes: ThreeScenes, tmp_path) -> No
     np.testing.assert_array_equal(result["landcover"].values[clear], scenes.truth[clear])
     assert (result["cloud_probability"].values[clear] == 5).all()  # observation a everywhere
     assert (result["landcover"].values[scenes.cloudy_everywhere] == 255).all()
+
+
+def test_least_cloudy_needs_no_class_probabilities(scenes: ThreeScenes, tmp_path) -> None:
+    urls = []
+    for url in scenes.urls:
+        copy = tmp_path / "labels" / url.rstrip("/").rsplit("/", 1)[-1]
+        shutil.copytree(url, copy)
+        del zarr.open_group(str(copy), mode="r+")["landcover_probability"]
+        urls.append(str(copy))
+    options = MosaicOptions(method="least-cloudy", chunk_px=32, overview_min_px=16)
+    build_mosaic(scenes.urls, str(tmp_path / "full.zarr"), legend=LEGEND, provenance=PROVENANCE, options=options)
+    build_mosaic(urls, str(tmp_path / "labels.zarr"), legend=LEGEND, provenance=PROVENANCE, options=options)
+
+    full, labels = open_mosaic(str(tmp_path / "full.zarr")).load(), open_mosaic(str(tmp_path / "labels.zarr")).load()
+    for name in full.data_vars:
+        np.testing.assert_array_equal(labels[name].values, full[name].values, err_msg=name)
+
+    with pytest.raises(ValueError, match="has no 'landcover_probability'.*'least-cloudy'"):
+        build_mosaic(urls, str(tmp_path / "weighted.zarr"), legend=LEGEND, provenance=PROVENANCE, options=OPTIONS)
 
 
 def test_mosaic_is_deterministic(scenes: ThreeScenes, mosaic: xr.Dataset, tmp_path) -> None:

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from workflows.jobspec import JobError, JobSpec, load_job, parse_job
+from workflows.plan import inference_options
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEMO_JOB = PROJECT_ROOT / "workflows" / "jobs" / "demo_s2_18svg.yaml"
@@ -51,6 +52,16 @@ def test_valid_job_defaults(tmp_path):
     assert job.on_error == "fail"
 
 
+def test_landcover_without_probabilities_with_least_cloudy(tmp_path):
+    data = {**_valid_job(tmp_path), "mosaic": {"method": "least-cloudy"}}
+    data["products"] = {"landcover": {"card": "builtin:demo_landcover_vitb_seeded", "probabilities": False}}
+
+    job = parse_job(data)
+
+    assert inference_options(job).class_probabilities is False
+    assert inference_options(parse_job(_valid_job(tmp_path))).class_probabilities is True
+
+
 @pytest.mark.parametrize(
     ("change", "match"),
     [
@@ -69,6 +80,10 @@ def test_valid_job_defaults(tmp_path):
         ({"mosaic": {"method": "median"}}, r"mosaic\.method: .*'median'"),
         ({"name": "my job!"}, r"name: .*pattern"),
         ({"on_error": "ignore"}, r"on_error: .*'ignore'"),
+        (
+            {"products": {"landcover": {"card": "builtin:demo_landcover_vitb_seeded", "probabilities": False}}},
+            r"products\.landcover\.probabilities is false, but mosaic\.method 'clear-weighted'.*'least-cloudy'",
+        ),
     ],
 )
 def test_bad_field_is_named(tmp_path, change, match):
