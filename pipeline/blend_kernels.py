@@ -133,7 +133,7 @@ def blend_tile(logits, window, logit_sum, weight_sum, row0, col0, height, width,
 
 
 @compile_loop
-def shift_by_top(logit_sum, weight_sum, scale, shifted, labels):  # pragma: no cover
+def shift_by_top(logit_sum, weight_sum, scale, shifted, labels, row0=0):  # pragma: no cover
     """Turn blend sums into blended logits minus each pixel's largest, and find that class.
 
     ``shifted[c] = logit_sum[c] / (weight_sum * scale) - top`` in float32,
@@ -152,20 +152,22 @@ def shift_by_top(logit_sum, weight_sum, scale, shifted, labels):  # pragma: no c
     scale
         The quantization scale of the sums.
     shifted
-        float32 ``(classes, H, W)``, written.
+        float32 ``(classes, n, W)``, written: rows ``row0`` to ``row0 + n`` of the sums.
     labels
-        uint8 ``(H, W)``, written.
+        uint8 ``(H, W)``, those rows written.
+    row0
+        First row of the sums that ``shifted`` covers.
     """
-    classes, height, width = logit_sum.shape
+    classes, height, width = shifted.shape
     top = np.empty(width, dtype=np.float32)
     reciprocal = np.empty(width, dtype=np.float64)
     for y in range(height):
-        weights = weight_sum[y]
-        label_row = labels[y]
+        weights = weight_sum[row0 + y]
+        label_row = labels[row0 + y]
         for x in range(width):
             reciprocal[x] = 1.0 / (np.float64(scale) * (weights[x] if weights[x] != 0 else 1))
         for c in range(classes):
-            sums = logit_sum[c, y]
+            sums = logit_sum[c, row0 + y]
             out = shifted[c, y]
             for x in range(width):
                 out[x] = np.float32(sums[x] * reciprocal[x])
@@ -194,7 +196,8 @@ def _sum_classes(exponentials, y, total):  # pragma: no cover
 
 
 @compile_loop
-def softmax_outputs(exponentials, nodata, fill, probability_scale, probabilities, labels, confidence):  # pragma: no cover
+def softmax_outputs(exponentials, nodata, fill, probability_scale, probabilities, labels, confidence,
+                    row0=0):  # pragma: no cover
     """Turn the exponentials of shifted logits into uint8 class probabilities and a confidence.
 
     Per pixel, with ``sum`` the float32 sum of the exponentials in class order
@@ -206,7 +209,8 @@ def softmax_outputs(exponentials, nodata, fill, probability_scale, probabilities
     Parameters
     ----------
     exponentials
-        float32 ``(classes, H, W)``, the output of :func:`shift_by_top` after ``np.exp``.
+        float32 ``(classes, n, W)``, the output of :func:`shift_by_top` after
+        ``np.exp``, for rows ``row0`` to ``row0 + n`` of the outputs.
     nodata
         bool ``(H, W)``.
     fill
@@ -214,27 +218,29 @@ def softmax_outputs(exponentials, nodata, fill, probability_scale, probabilities
     probability_scale
         Value of a probability of 1.
     probabilities
-        uint8 ``(classes, H, W)``, written.
+        uint8 ``(classes, H, W)``, those rows written.
     labels
         uint8 ``(H, W)`` from :func:`shift_by_top`, nodata set to ``fill``.
     confidence
-        uint8 ``(H, W)``, written.
+        uint8 ``(H, W)``, those rows written.
+    row0
+        First output row that ``exponentials`` covers.
     """
     classes, height, width = exponentials.shape
     inverse = np.empty(width, dtype=np.float32)
     scale = np.float32(probability_scale)
     for y in range(height):
-        invalid = nodata[y]
+        invalid = nodata[row0 + y]
         _sum_classes(exponentials, y, inverse)
         for x in range(width):
             inverse[x] = np.float32(1.0) / inverse[x]
         for c in range(classes):
             row = exponentials[c, y]
-            out = probabilities[c, y]
+            out = probabilities[c, row0 + y]
             for x in range(width):
                 out[x] = fill if invalid[x] else np.uint8(np.rint(row[x] * inverse[x] * scale))
-        label_row = labels[y]
-        confidence_row = confidence[y]
+        label_row = labels[row0 + y]
+        confidence_row = confidence[row0 + y]
         for x in range(width):
             if invalid[x]:
                 label_row[x] = fill
@@ -244,19 +250,20 @@ def softmax_outputs(exponentials, nodata, fill, probability_scale, probabilities
 
 
 @compile_loop
-def label_confidence(exponentials, nodata, fill, labels, confidence):  # pragma: no cover
+def label_confidence(exponentials, nodata, fill, labels, confidence, row0=0):  # pragma: no cover
     """Write the confidence of :func:`softmax_outputs` and set nodata labels, without the class probabilities.
 
     The confidence is the same bytes as there: ``rint(100 / sum)`` with the
-    float32 sum of the exponentials in class order.
+    float32 sum of the exponentials in class order. Rows and ``row0`` are as
+    for :func:`softmax_outputs`.
     """
     _, height, width = exponentials.shape
     total = np.empty(width, dtype=np.float32)
     for y in range(height):
-        invalid = nodata[y]
+        invalid = nodata[row0 + y]
         _sum_classes(exponentials, y, total)
-        label_row = labels[y]
-        confidence_row = confidence[y]
+        label_row = labels[row0 + y]
+        confidence_row = confidence[row0 + y]
         for x in range(width):
             if invalid[x]:
                 label_row[x] = fill
@@ -266,18 +273,19 @@ def label_confidence(exponentials, nodata, fill, labels, confidence):  # pragma:
 
 
 @compile_loop
-def class_percent(exponentials, nodata, index, fill, percent):  # pragma: no cover
+def class_percent(exponentials, nodata, index, fill, percent, row0=0):  # pragma: no cover
     """Write one class's softmax probability in percent (uint8), ``fill`` on nodata pixels.
 
-    ``exponentials`` is float32 ``(classes, H, W)`` as for :func:`softmax_outputs`.
+    ``exponentials`` is float32 ``(classes, n, W)``, and ``row0`` its first
+    output row, as for :func:`softmax_outputs`.
     """
     _, height, width = exponentials.shape
     total = np.empty(width, dtype=np.float32)
     for y in range(height):
-        invalid = nodata[y]
+        invalid = nodata[row0 + y]
         _sum_classes(exponentials, y, total)
         row = exponentials[index, y]
-        out = percent[y]
+        out = percent[row0 + y]
         for x in range(width):
             probability = row[x] * (np.float32(1.0) / total[x])
             out[x] = fill if invalid[x] else np.uint8(np.rint(probability * np.float32(100.0)))

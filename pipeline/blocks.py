@@ -44,6 +44,9 @@ _MAX_TILES_PER_PIXEL = 4
 if _MAX_TILES_PER_PIXEL * LOGIT_LIMIT * LOGIT_SCALE * BLEND_LEVELS**2 >= 2**31:
     raise ImportError("LOGIT_LIMIT, LOGIT_SCALE and BLEND_LEVELS let a blend sum overflow int32; lower one of them")
 
+_SOFTMAX_ROWS = 32
+"""Rows per band of the softmax in :func:`_output_arrays`: 10 classes of 1024 px fill 1.3 MB."""
+
 # One model call at a time per GPU worker process, so that two block tasks on
 # one worker do not split the GPU's memory. On CPU, block tasks run the model
 # side by side, each with its share of the worker's cores (``CardJob.threads``).
@@ -270,10 +273,10 @@ def predict_block(job: CardJob, block: Block, data: np.ndarray, cube: CubeInfo) 
 
     Tiles that are entirely nodata are skipped without a model call. The
     others are cut into one reused batch buffer and run in batches of
-    ``job.batch_size``. A batch never contains a single tile, because PyTorch's
-    CPU kernels for a batch of one give other bits than for larger batches
-    (seen with FlexiMo on torch 2.13). A lone last tile therefore runs
-    together with a copy of itself. On CUDA out-of-memory the batch is halved
+    at most ``job.batch_size``, split as evenly as possible. A batch never
+    contains a single tile, because PyTorch's CPU kernels for a batch of one
+    give other bits than for larger batches (seen with FlexiMo on torch
+    2.13). A lone tile therefore runs together with a copy of itself. On CUDA out-of-memory the batch is halved
     and retried, down to single tiles.
 
     Parameters
@@ -324,7 +327,11 @@ def predict_block(job: CardJob, block: Block, data: np.ndarray, cube: CubeInfo) 
     model_seconds = 0.0
     start = 0
     while start < len(tiles):
-        chunk = tiles[start: start + batch_size]
+        # Equal batches: 25 tiles at batch size 8 run as 7, 6, 6 and 6, not
+        # as 8, 8, 8 and a last tile with its copy.
+        remaining = len(tiles) - start
+        batches = -(-remaining // batch_size)
+        chunk = tiles[start: start + -(-remaining // batches)]
         for index, tile in enumerate(chunk):
             _cut_tile(data, nodata, tile, (y0, x0), buffer[index])
         count = len(chunk)
@@ -408,29 +415,31 @@ def _output_arrays(job: CardJob, logit_sum: np.ndarray, weight_sum: np.ndarray,
         return {layout.CLOUD_PROBABILITY_VAR: np.where(nodata, fill, percent)}
 
     # Softmax over classes: logits minus each pixel's largest, exponentials
-    # in place, then the probabilities. The top class's exponential is 1.
-    exponentials = np.empty((classes, height, width), dtype=np.float32)
+    # in place, then the outputs. The top class's exponential is 1. Bands of
+    # rows keep the float32 exponentials in cache, which makes this almost
+    # twice as fast as one pass over the block.
     labels = np.empty((height, width), dtype=np.uint8)
-    blend_kernels.shift_by_top(logit_sum, weight_sum, LOGIT_SCALE, exponentials, labels)
-    np.exp(exponentials, out=exponentials)
-
     if job.card.task == "cloud":
-        percent = np.empty((height, width), dtype=np.uint8)
-        blend_kernels.class_percent(exponentials, nodata, cloud_class_index(job.card), fill, percent)
-        return {layout.CLOUD_PROBABILITY_VAR: percent}
-
-    confidence = np.empty((height, width), dtype=np.uint8)
-    if not job.probabilities:
-        blend_kernels.label_confidence(exponentials, nodata, fill, labels, confidence)
-        return {layout.LANDCOVER_VAR: labels, layout.LANDCOVER_CONFIDENCE_VAR: confidence}
-    probabilities = np.empty((classes, height, width), dtype=np.uint8)
-    blend_kernels.softmax_outputs(exponentials, nodata, fill, layout.PROBABILITY_SCALE, probabilities, labels,
-                                  confidence)
-    return {
-        layout.LANDCOVER_PROBABILITY_VAR: probabilities,
-        layout.LANDCOVER_VAR: labels,
-        layout.LANDCOVER_CONFIDENCE_VAR: confidence,
-    }
+        outputs = {layout.CLOUD_PROBABILITY_VAR: np.empty((height, width), dtype=np.uint8)}
+    else:
+        outputs = {layout.LANDCOVER_VAR: labels, layout.LANDCOVER_CONFIDENCE_VAR: np.empty((height, width), np.uint8)}
+        if job.probabilities:
+            outputs[layout.LANDCOVER_PROBABILITY_VAR] = np.empty((classes, height, width), dtype=np.uint8)
+    for row0 in range(0, height, _SOFTMAX_ROWS):
+        exponentials = np.empty((classes, min(_SOFTMAX_ROWS, height - row0), width), dtype=np.float32)
+        blend_kernels.shift_by_top(logit_sum, weight_sum, LOGIT_SCALE, exponentials, labels, row0)
+        np.exp(exponentials, out=exponentials)
+        if job.card.task == "cloud":
+            blend_kernels.class_percent(exponentials, nodata, cloud_class_index(job.card), fill,
+                                        outputs[layout.CLOUD_PROBABILITY_VAR], row0)
+        elif job.probabilities:
+            blend_kernels.softmax_outputs(exponentials, nodata, fill, layout.PROBABILITY_SCALE,
+                                          outputs[layout.LANDCOVER_PROBABILITY_VAR], labels,
+                                          outputs[layout.LANDCOVER_CONFIDENCE_VAR], row0)
+        else:
+            blend_kernels.label_confidence(exponentials, nodata, fill, labels,
+                                           outputs[layout.LANDCOVER_CONFIDENCE_VAR], row0)
+    return outputs
 
 
 def write_block(
