@@ -169,9 +169,10 @@ def open_dataset(
         mask_and_scale=mask_and_scale,
     )
     # Small 1-D coordinates (band names, wavelengths, class names) are read
-    # now, so that each access does not go back to the store.
+    # now, so that each access does not go back to the store. They are read
+    # here, not on a Dask cluster that the caller may have a client of.
     small = [name for name, coordinate in ds.coords.items() if coordinate.ndim == 1 and coordinate.size <= 100_000]
-    ds = ds.assign_coords({name: ds[name].load() for name in small})
+    ds = ds.assign_coords({name: ds[name].compute(scheduler="synchronous") for name in small})
     if SPATIAL_REF in ds.coords and "crs_wkt" in ds[SPATIAL_REF].attrs:
         import rioxarray  # noqa: F401  (registers the .rio accessor)
 
