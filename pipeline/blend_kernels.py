@@ -40,8 +40,8 @@ def compile_loop(function):
 def cut_tile(data, nodata, row0, col0, height, width, scale, out):  # pragma: no cover
     """Write ``data[:, row0:row0 + height, col0:col0 + width] * scale`` as float32 into ``out[:, :height, :width]``.
 
-    ``data`` is integer ``(band, y, x)`` and ``nodata`` bool ``(y, x)``;
-    nodata pixels become 0. The product is a float32 one, as numpy's
+    ``data`` is integer ``(band, y, x)`` and ``nodata`` bool ``(y, x)``.
+    Nodata pixels become 0. The product is rounded to float32, as in numpy's
     ``np.multiply(data, np.float32(scale), dtype=np.float32)``.
     """
     for band in range(data.shape[0]):

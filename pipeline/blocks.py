@@ -189,7 +189,11 @@ def _cut_tile(data: np.ndarray, nodata: np.ndarray, tile: Tile, origin: tuple[in
 
 def _run_batch(model, card, batch: np.ndarray, wavelengths_um: list[float], patch_px: int,
                device: torch.device, precision: str) -> torch.Tensor:
-    """Run one batch ``(B, band, tile, tile)`` and return its float32 logits on the CPU."""
+    """Run one batch ``(B, band, tile, tile)`` and return its float32 logits on the CPU.
+
+    The card's ``prepare_input`` may change the tensor it gets in place: on
+    CPU that is ``batch`` itself, which the caller cuts anew for each call.
+    """
     inputs = torch.from_numpy(batch).to(device)
     with torch.inference_mode(), autocast(device, precision):
         prepared = card.prepare_input(inputs, wavelengths_um)

@@ -10,7 +10,7 @@ the last reader is the block that holds the chunk's last pixel. Memory stays
 at about one row of chunks across the scene.
 
 Entries belong to one run: a read of another run first drops them all, so a
-run never sees chunks of an earlier one, even if the store was rewritten in
+run never reads chunks of an earlier one, even if the store was rewritten in
 between. (Two runs that read on one worker at the same time therefore only
 keep each other from reusing chunks.) Each read passes a byte limit; past it
 the oldest entries go. A chunk missing from the cache (evicted, or read on
@@ -51,7 +51,7 @@ class ChunkCache:
         return len(self._entries)
 
     def get(self, run: Hashable, key: Hashable, *, take: bool = False) -> np.ndarray | None:
-        """Return the chunk of ``run`` stored under ``key``, or ``None``; with ``take=True`` also drop it."""
+        """Return the chunk of ``run`` stored under ``key``, or ``None``. With ``take=True`` also drop it."""
         with self._lock:
             self._switch_to(run)
             if take:
@@ -62,7 +62,7 @@ class ChunkCache:
             return self._entries.get(key)
 
     def put(self, run: Hashable, key: Hashable, chunk: np.ndarray, limit_bytes: int) -> None:
-        """Keep ``chunk`` (read only from now on) of ``run`` under ``key``; evict the oldest past ``limit_bytes``."""
+        """Keep ``chunk`` (read only from now on) of ``run`` under ``key``, then evict the oldest past ``limit_bytes``."""
         chunk.flags.writeable = False
         with self._lock:
             self._switch_to(run)

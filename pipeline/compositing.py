@@ -232,5 +232,5 @@ def composite_stack(
 def composite_stack_without_probabilities(
     landcover: np.ndarray, confidence: np.ndarray, cloud: np.ndarray, **options: Any
 ) -> np.ndarray:
-    """:func:`composite_stack` of observations stored without class probabilities."""
+    """Run :func:`composite_stack` on observations stored without class probabilities."""
     return composite_stack(None, landcover, confidence, cloud, **options)

@@ -385,7 +385,7 @@ def _run_card(
     active: set[distributed.Future] = set()
     results: list[BlockResult] = []
 
-    held: list[tuple[Block, distributed.Future, list[distributed.Future], str, int]] = []
+    pending_writes: list[tuple[Block, distributed.Future, list[distributed.Future], str, int]] = []
 
     def collect(finished: set[distributed.Future]) -> None:
         for future in finished:
@@ -395,23 +395,23 @@ def _run_card(
                 progress.step()
             future.release()
 
-    def submit_held(wait: bool = False) -> None:
-        if held and (wait or store_ready.done()):
+    def submit_pending_writes(wait: bool = False) -> None:
+        if pending_writes and (wait or store_ready.done()):
             store_ready.result()
-            for block, prediction, block_overlaps, name, priority in held:
+            for block, prediction, block_overlaps, name, priority in pending_writes:
                 active.add(client.submit(
                     write_block, job, block, prediction, block_overlaps, key=f"write-{name}", priority=priority,
                 ))
-            held.clear()
+            pending_writes.clear()
 
     for index, block in enumerate(blocks):
         if block.block_id in done and block.block_id not in needed:
             progress.step()
             continue
-        submit_held()
-        while len(active) + len(held) >= max_in_flight:
-            if held:
-                submit_held(wait=True)
+        submit_pending_writes()
+        while len(active) + len(pending_writes) >= max_in_flight:
+            if pending_writes:
+                submit_pending_writes(wait=True)
                 continue
             finished = distributed.wait(active, return_when="FIRST_COMPLETED").done
             active -= finished
@@ -435,11 +435,11 @@ def _run_card(
             progress.step()
             active.add(client.submit(prediction_stats, prediction, key=f"stats-{name}", priority=1 - 2 * index))
         else:
-            held.append((block, prediction, overlaps.pop(block.block_id, []), name, 1 - 2 * index))
-            submit_held()
+            pending_writes.append((block, prediction, overlaps.pop(block.block_id, []), name, 1 - 2 * index))
+            submit_pending_writes()
         del data, prediction
 
-    submit_held(wait=True)
+    submit_pending_writes(wait=True)
     while active:
         finished = distributed.wait(active, return_when="FIRST_COMPLETED").done
         active -= finished

@@ -137,7 +137,7 @@ class ProductSpec(_Frozen):
 class LandcoverSpec(ProductSpec):
     probabilities: bool = Field(
         default=True,
-        description="also store each class's probability; mosaic method clear-weighted needs them",
+        description="also store each class's probability, which mosaic method clear-weighted needs",
     )
 
 
