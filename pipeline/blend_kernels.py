@@ -239,14 +239,18 @@ def softmax_outputs(exponentials, nodata, fill, probability_scale, probabilities
             out = probabilities[c, row0 + y]
             for x in range(width):
                 out[x] = fill if invalid[x] else np.uint8(np.rint(row[x] * inverse[x] * scale))
-        label_row = labels[row0 + y]
-        confidence_row = confidence[row0 + y]
-        for x in range(width):
-            if invalid[x]:
-                label_row[x] = fill
-                confidence_row[x] = fill
-            else:
-                confidence_row[x] = np.uint8(np.rint(inverse[x] * np.float32(100.0)))
+        _confidence_row(inverse, invalid, fill, labels[row0 + y], confidence[row0 + y])
+
+
+@compile_loop
+def _confidence_row(inverse, invalid, fill, label_row, confidence_row):  # pragma: no cover
+    """Write one row's confidence ``rint(inverse * 100)``, and ``fill`` in both rows where ``invalid``."""
+    for x in range(inverse.size):
+        if invalid[x]:
+            label_row[x] = fill
+            confidence_row[x] = fill
+        else:
+            confidence_row[x] = np.uint8(np.rint(inverse[x] * np.float32(100.0)))
 
 
 @compile_loop
@@ -258,18 +262,12 @@ def label_confidence(exponentials, nodata, fill, labels, confidence, row0=0):  #
     for :func:`softmax_outputs`.
     """
     _, height, width = exponentials.shape
-    total = np.empty(width, dtype=np.float32)
+    inverse = np.empty(width, dtype=np.float32)
     for y in range(height):
-        invalid = nodata[row0 + y]
-        _sum_classes(exponentials, y, total)
-        label_row = labels[row0 + y]
-        confidence_row = confidence[row0 + y]
+        _sum_classes(exponentials, y, inverse)
         for x in range(width):
-            if invalid[x]:
-                label_row[x] = fill
-                confidence_row[x] = fill
-            else:
-                confidence_row[x] = np.uint8(np.rint((np.float32(1.0) / total[x]) * np.float32(100.0)))
+            inverse[x] = np.float32(1.0) / inverse[x]
+        _confidence_row(inverse, nodata[row0 + y], fill, labels[row0 + y], confidence[row0 + y])
 
 
 @compile_loop
