@@ -44,14 +44,13 @@ import threading
 import time
 from pathlib import Path
 
-import dask.config
 import numpy as np
 import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from cluster.environment import MALLOC_ENVIRONMENT, nanny_spawn_config  # noqa: E402
+from cluster.environment import MALLOC_ENVIRONMENT, spawn_settings  # noqa: E402
 
 PEERS_DIR = PROJECT_ROOT.parent / "shared" / "peers"
 BANDS_UM = (0.443, 0.49, 0.56, 0.665, 0.705, 0.74, 0.783, 0.842, 0.865, 0.945, 1.61, 2.19)
@@ -243,7 +242,7 @@ def run_one(model_name: str, size: int, work: Path, block_px: int, check: bool, 
     output = work / f"pred_{model_name}_{size}.zarr"
     subprocess.run(["rm", "-rf", str(output)], check=True)
 
-    with dask.config.set(nanny_spawn_config(MALLOC_ENVIRONMENT)), \
+    with spawn_settings(MALLOC_ENVIRONMENT), \
             LocalCluster(n_workers=1, threads_per_worker=dask_threads, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         worker_pids = list(client.run(os.getpid).values())
@@ -332,7 +331,7 @@ def stitching_check(work: Path, block_px: int) -> dict:
 
     checks = {}
     options = InferenceOptions(overlap_px=64, block_px=block_px, chunk_px=512, batch_size=8, threads_per_worker=THREADS)
-    with dask.config.set(nanny_spawn_config(MALLOC_ENVIRONMENT)), \
+    with spawn_settings(MALLOC_ENVIRONMENT), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         for size in (2048, 1999):

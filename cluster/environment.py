@@ -8,9 +8,10 @@ task can size torch's thread pool from inside the worker.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dask.config
@@ -129,10 +130,35 @@ def nanny_spawn_config(environment: Mapping[str, str]) -> dict[str, Any]:
     so create the cluster inside ``dask.config.set(nanny_spawn_config(...))``.
     glibc reads its variables when a process starts, which is before a
     nanny's ``env`` argument is applied, so they must come from there.
+    :func:`spawn_settings` also overrides what ``os.environ`` holds.
     """
     spawn = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
     spawn.update({name: environment[name] for name in MALLOC_ENVIRONMENT if name in environment})
     return {"distributed.nanny.pre-spawn-environ": spawn}
+
+
+@contextlib.contextmanager
+def spawn_settings(environment: Mapping[str, str]) -> Iterator[None]:
+    """Make the nannies created inside spawn workers with the malloc settings of ``environment``.
+
+    Sets :func:`nanny_spawn_config` and, for its duration, the same variables
+    in ``os.environ``. A nanny takes a variable that ``os.environ`` has over
+    the configured one, and leaves what it spawned with in ``os.environ``. So
+    a ``LocalCluster`` started earlier in the process with Dask's defaults
+    would otherwise start these workers with ``MALLOC_TRIM_THRESHOLD_=65536``.
+    """
+    malloc = {name: environment[name] for name in MALLOC_ENVIRONMENT if name in environment}
+    previous = {name: os.environ.get(name) for name in malloc}
+    os.environ.update(malloc)
+    try:
+        with dask.config.set(nanny_spawn_config(environment)):
+            yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def torch_threads_for_worker(worker: Worker) -> int:

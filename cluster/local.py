@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import dask.config
 from dask.system import CPU_COUNT
 from dask.utils import format_bytes
 from distributed import LocalCluster
 from distributed.deploy.utils import nprocesses_nthreads
 from distributed.system import MEMORY_LIMIT
 
-from cluster.environment import nanny_spawn_config, torch_threads_per_task, worker_environment
+from cluster.environment import spawn_settings, torch_threads_per_task, worker_environment
 from cluster.profile import LocalProfile
 
 logger = logging.getLogger(__name__)
@@ -123,7 +122,7 @@ def create_local_cluster(profile: LocalProfile) -> LocalCluster:
         format_bytes(layout.memory_limit_bytes),
     )
     environment = _local_environment(profile, layout)
-    with dask.config.set(nanny_spawn_config(environment)):
+    with spawn_settings(environment):
         return LocalCluster(
             n_workers=layout.n_workers,
             threads_per_worker=layout.threads_per_worker,

@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import dask.config
 from dask.system import CPU_COUNT
 from dask.utils import format_bytes
 from distributed import LocalCluster
 from distributed.system import MEMORY_LIMIT
 
 from cluster._optional import import_backend
-from cluster.environment import nanny_spawn_config, worker_environment
+from cluster.environment import spawn_settings, worker_environment
 from cluster.gpu import GPU_RESOURCE, GPUNotFoundError
 from cluster.local import dashboard_arguments, describe_environment
 from cluster.profile import LocalGPUProfile
@@ -109,7 +108,7 @@ def create_local_gpu_cluster(profile: LocalGPUProfile) -> LocalCluster:
         )
         logger.info("starting LocalCUDACluster: %d GPU workers", n_gpus)
         cluster_class = _cuda_cluster_class(dask_cuda.LocalCUDACluster)
-        with dask.config.set(nanny_spawn_config(environment)):
+        with spawn_settings(environment):
             return cluster_class(
                 environment,
                 CUDA_VISIBLE_DEVICES=profile.devices,

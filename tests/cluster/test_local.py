@@ -141,6 +141,18 @@ def test_workers_start_with_malloc(local_run):
             assert started_with.get(variable) == value, variable
 
 
+def test_malloc_wins_over_an_earlier_cluster(monkeypatch):
+    # A LocalCluster started earlier in the process with Dask's defaults leaves them in os.environ.
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+
+    with start_cluster(load_profile("local")) as client:
+        started_with = list(client.run(_start_environment).values())
+
+    for environment in started_with:
+        assert environment["MALLOC_TRIM_THRESHOLD_"] == MALLOC_ENVIRONMENT["MALLOC_TRIM_THRESHOLD_"]
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"
+
+
 def test_local_task_torch_threads(local_run):
     layout = local_run["layout"]
 
