@@ -52,8 +52,12 @@ CLOUD_READ_ENVIRONMENT: dict[str, str] = {
 # mmap threshold. Every allocation over 128 KiB is then a fresh mmap whose
 # pages fault in and are zeroed on first touch, and torch allocates its
 # activations on every call: the model ran at half speed in a worker
-# (docs/benchmarks.md). With the mmap threshold at 32 MiB, the largest glibc
-# accepts, such allocations are reused from the heap. The trim threshold of
+# (docs/benchmarks.md). With the mmap threshold at 32 MiB, the most that
+# glibc's own adaptive threshold reaches, such allocations are reused from
+# the heap. Larger ones still get fresh mappings; the inference stage reuses
+# its per-block arrays itself (pipeline/scratch.py). A threshold of 128 MiB
+# did that for every array, and in one trial raised the peak memory of the
+# stage at 4096 px by 14 % over that at 2048 px. The trim threshold of
 # 256 MiB keeps that much freed heap instead of returning it to the kernel
 # after every task, where each block task faulted its arrays in again. That
 # made the stage 10-14 % faster and raised its peak memory by 14-19 %.

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import blend_kernels, chunk_cache, layout
+from pipeline import blend_kernels, chunk_cache, layout, scratch
 from pipeline.model.precision import autocast
 from pipeline.model_cache import model_for
 from pipeline.stores import zarr_store
@@ -239,7 +239,7 @@ class BlendAccumulator:
             If the logits contain NaN, or a pixel's largest logit is infinite.
         """
         if self.logit_sum is None:
-            self.logit_sum = np.zeros((logits.shape[0], *self.weight_sum.shape), dtype=np.int32)
+            self.logit_sum = scratch.BLOCK_ARRAYS.zeros((logits.shape[0], *self.weight_sum.shape), np.int32)
         height = min(self.window.shape[0], scene_shape[0] - tile.y0)
         width = min(self.window.shape[1], scene_shape[1] - tile.x0)
         # The compiled loop does not check bounds, so this does.
@@ -399,39 +399,83 @@ def cloud_class_index(card: Any) -> int:
     return names.index("cloud")
 
 
-def _output_arrays(job: CardJob, logit_sum: np.ndarray, weight_sum: np.ndarray,
-                   nodata: np.ndarray) -> dict[str, np.ndarray]:
-    """Turn int32 blend sums into the uint8 output variables of the card's task.
+def _merge_rows(parts: Sequence[Overlap], block: Block, row0: int, logit_sum: np.ndarray,
+                weight_sum: np.ndarray) -> None:
+    """Write the sums of all ``parts`` over rows ``row0`` to ``row0 + n`` of ``block`` into ``(classes, n, W)`` buffers.
+
+    The buffers are small enough to stay in cache, so the merged sums of a
+    whole block are never built. Integer sums make the result independent of
+    the order of the parts.
+    """
+    rows = logit_sum.shape[1]
+    top, bottom = block.y0 + row0, block.y0 + row0 + rows
+    first = parts[0]
+    if first.y0 <= top and first.y1 >= bottom and first.x0 <= block.x0 and first.x1 >= block.x1:
+        # The block's own tiles cover these rows whole: start from theirs.
+        cols = slice(block.x0 - first.x0, block.x1 - first.x0)
+        logit_sum[:] = first.logit_sum[:, top - first.y0: bottom - first.y0, cols]
+        weight_sum[:] = first.weight_sum[top - first.y0: bottom - first.y0, cols]
+        parts = parts[1:]
+    else:
+        logit_sum.fill(0)
+        weight_sum.fill(0)
+    for part in parts:
+        y0, y1 = max(part.y0, top), min(part.y1, bottom)
+        x0, x1 = max(part.x0, block.x0), min(part.x1, block.x1)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        source = (slice(y0 - part.y0, y1 - part.y0), slice(x0 - part.x0, x1 - part.x0))
+        target = (slice(y0 - top, y1 - top), slice(x0 - block.x0, x1 - block.x0))
+        logit_sum[:, target[0], target[1]] += part.logit_sum[:, source[0], source[1]]
+        weight_sum[target] += part.weight_sum[source]
+
+
+def _output_arrays(job: CardJob, block: Block, parts: Sequence[Overlap], nodata: np.ndarray) -> dict[str, np.ndarray]:
+    """Turn the int32 blend sums of ``parts`` over ``block`` into the uint8 output variables of the card's task.
+
+    ``parts`` are the block's own sums and its neighbours' overlaps, in block
+    coordinates of the scene. They are merged and turned into outputs in
+    bands of rows that stay in cache. ``nodata`` gets the pixels that no tile
+    covered: every tile over them was skipped as all nodata.
 
     The division by the weight sum runs in float64 and is exact where every
     tile gave the same quantized logit, so a pointwise model's output is
     reproduced exactly.
     """
     fill = np.uint8(layout.PROBABILITY_FILL)
-    classes, height, width = logit_sum.shape
-
-    if classes == 1:
-        denominator = np.where(weight_sum == 0, 1, weight_sum).astype(np.float64)
-        denominator *= LOGIT_SCALE
-        logits = np.divide(logit_sum[0], denominator).astype(np.float32)
-        probability = 1.0 / (1.0 + np.exp(-logits))
-        percent = np.rint(probability * np.float32(100)).astype(np.uint8)
-        return {layout.CLOUD_PROBABILITY_VAR: np.where(nodata, fill, percent)}
-
-    # Softmax over classes: logits minus each pixel's largest, exponentials
-    # in place, then the outputs. The top class's exponential is 1. Bands of
-    # rows keep the float32 exponentials in cache, which makes this almost
-    # twice as fast as one pass over the block.
+    classes = parts[0].logit_sum.shape[0]
+    height, width = block.y1 - block.y0, block.x1 - block.x0
     labels = np.empty((height, width), dtype=np.uint8)
-    if job.card.task == "cloud":
+    if job.card.task == "cloud" or classes == 1:
         outputs = {layout.CLOUD_PROBABILITY_VAR: np.empty((height, width), dtype=np.uint8)}
     else:
         outputs = {layout.LANDCOVER_VAR: labels, layout.LANDCOVER_CONFIDENCE_VAR: np.empty((height, width), np.uint8)}
         if job.probabilities:
             outputs[layout.LANDCOVER_PROBABILITY_VAR] = np.empty((classes, height, width), dtype=np.uint8)
+
+    # Softmax over classes: logits minus each pixel's largest, exponentials
+    # in place, then the outputs. The top class's exponential is 1. Bands of
+    # rows keep the sums and the float32 exponentials in cache, which makes
+    # this almost twice as fast as passes over the whole block.
     for row0 in range(0, height, _SOFTMAX_ROWS):
-        exponentials = np.empty((classes, min(_SOFTMAX_ROWS, height - row0), width), dtype=np.float32)
-        blend_kernels.shift_by_top(logit_sum, weight_sum, LOGIT_SCALE, exponentials, labels, row0)
+        rows = min(_SOFTMAX_ROWS, height - row0)
+        logit_sum = np.empty((classes, rows, width), dtype=np.int32)
+        weight_sum = np.empty((rows, width), dtype=np.int32)
+        _merge_rows(parts, block, row0, logit_sum, weight_sum)
+        band_nodata = nodata[row0: row0 + rows]
+        band_nodata |= weight_sum == 0
+
+        if classes == 1:
+            denominator = np.where(weight_sum == 0, 1, weight_sum).astype(np.float64)
+            denominator *= LOGIT_SCALE
+            logits = np.divide(logit_sum[0], denominator).astype(np.float32)
+            probability = 1.0 / (1.0 + np.exp(-logits))
+            percent = np.rint(probability * np.float32(100)).astype(np.uint8)
+            outputs[layout.CLOUD_PROBABILITY_VAR][row0: row0 + rows] = np.where(band_nodata, fill, percent)
+            continue
+
+        exponentials = np.empty((classes, rows, width), dtype=np.float32)
+        blend_kernels.shift_by_top(logit_sum, weight_sum, LOGIT_SCALE, exponentials, labels[row0: row0 + rows])
         np.exp(exponentials, out=exponentials)
         if job.card.task == "cloud":
             blend_kernels.class_percent(exponentials, nodata, cloud_class_index(job.card), fill,
@@ -458,22 +502,7 @@ def write_block(
     parts = [part for part in parts if part is not None]
     has_data = bool(parts)
     if has_data:
-        first = parts[0]
-        if (first.y0, first.y1, first.x0, first.x1) == (block.y0, block.y1, block.x0, block.x1):
-            # The block's own tiles cover it whole: start from a copy of their sums.
-            logit_sum, weight_sum = first.logit_sum.copy(), first.weight_sum.copy()
-            parts = parts[1:]
-        else:
-            logit_sum = np.zeros((first.logit_sum.shape[0], height, width), dtype=np.int32)
-            weight_sum = np.zeros((height, width), dtype=np.int32)
-        for part in parts:
-            rows = slice(part.y0 - block.y0, part.y1 - block.y0)
-            cols = slice(part.x0 - block.x0, part.x1 - block.x0)
-            logit_sum[:, rows, cols] += part.logit_sum
-            weight_sum[rows, cols] += part.weight_sum
-        # Pixels no tile covered are nodata: every tile over them was skipped as all nodata.
-        nodata |= weight_sum == 0
-        outputs = _output_arrays(job, logit_sum, weight_sum, nodata)
+        outputs = _output_arrays(job, block, parts, nodata)
     else:
         outputs = _empty_outputs(job, height, width)
 

@@ -26,6 +26,8 @@ from collections.abc import Hashable
 
 import numpy as np
 
+from pipeline import scratch
+
 
 class ChunkCache:
     """Thread-safe store of one run's decoded chunks, oldest evicted first past a byte limit."""
@@ -126,7 +128,7 @@ def read_region_cached(
     y0, y1, x0, x1 = footprint
     bands, height, width = array.shape
     _, chunk_y, chunk_x = array.chunks
-    out = np.empty((bands, y1 - y0, x1 - x0), dtype=array.dtype)
+    out = scratch.BLOCK_ARRAYS.empty((bands, y1 - y0, x1 - x0), array.dtype)
     for row, row_start, row_stop in chunk_ranges(y0, y1, chunk_y, height):
         for col, col_start, col_stop in chunk_ranges(x0, x1, chunk_x, width):
             last_reader = own[0] < row_stop <= own[1] and own[2] < col_stop <= own[3]

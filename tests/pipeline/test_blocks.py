@@ -201,3 +201,56 @@ def test_loops_compile_without_a_cache_folder(monkeypatch):
     compiled = blend_kernels.compile_loop(add_one)
 
     assert compiled(np.arange(3)).tolist() == [1, 2, 3]
+
+
+@pytest.mark.parametrize("task, classes", [("landcover", 6), ("cloud", 1), ("cloud", 3)])
+def test_outputs_of_parts_equal_merged_sums(task, classes):
+    """Merging the own sums and the neighbours' overlaps band by band gives the same bytes as one merged part."""
+    import types
+
+    from pipeline.blocks import Overlap, _output_arrays
+    from pipeline.tiling import Block
+
+    rng = np.random.default_rng(3)
+    block = Block(1, 1, 100, 170, 200, 290, range(0), range(0))
+    height, width = block.y1 - block.y0, block.x1 - block.x0
+    # The block's own sums reach past it; the neighbours' overlaps cover its top and left.
+    own = Overlap(100, 190, 200, 300, rng.integers(-4000, 1, (classes, 90, 100), dtype=np.int32),
+                  rng.integers(1, 30, (90, 100), dtype=np.int32))
+    above = Overlap(100, 140, 200, 290, rng.integers(-4000, 1, (classes, 40, 90), dtype=np.int32),
+                    rng.integers(0, 30, (40, 90), dtype=np.int32))
+    left = Overlap(100, 170, 200, 230, rng.integers(-4000, 1, (classes, 70, 30), dtype=np.int32),
+                   rng.integers(0, 30, (70, 30), dtype=np.int32))
+    own_region = (slice(None), slice(0, height), slice(0, width))
+    logit_sum = own.logit_sum[own_region].copy()
+    weight_sum = own.weight_sum[:height, :width].copy()
+    logit_sum[:, :40] += above.logit_sum
+    weight_sum[:40] += above.weight_sum
+    logit_sum[:, :, :30] += left.logit_sum
+    weight_sum[:, :30] += left.weight_sum
+    weight_sum[5, 7] = logit_sum[:, 5, 7] = 0  # no tile covered this pixel
+    left.weight_sum[5, 7] = left.logit_sum[:, 5, 7] = above.weight_sum[5, 7] = above.logit_sum[:, 5, 7] = 0
+    own.weight_sum[5, 7] = own.logit_sum[:, 5, 7] = 0
+    merged = Overlap(block.y0, block.y1, block.x0, block.x1, logit_sum, weight_sum)
+    card = types.SimpleNamespace(task=task, class_names=["clear", "cloud", "shadow"][:classes] if task == "cloud"
+                                 else [f"class {index}" for index in range(classes)])
+    job = types.SimpleNamespace(card=card, probabilities=True)
+    nodata = np.zeros((height, width), bool)
+    nodata[60, 80] = True
+
+    expected_nodata, got_nodata = nodata.copy(), nodata.copy()
+    expected = _output_arrays(job, block, [merged], expected_nodata)
+    got = _output_arrays(job, block, [own, above, left], got_nodata)
+    # Without the block's own sums first, the bands start from zeros.
+    reordered = _output_arrays(job, block, [above, left, own], nodata.copy())
+
+    assert expected.keys() == got.keys() == reordered.keys()
+    for name in expected:
+        assert np.array_equal(expected[name], got[name]), name
+        assert np.array_equal(expected[name], reordered[name]), name
+    assert np.array_equal(expected_nodata, got_nodata)
+    assert got_nodata[5, 7]
+    assert got_nodata[60, 80]
+    assert got_nodata.sum() == 2
+    for values in got.values():
+        assert (values[..., 5, 7] == layout.PROBABILITY_FILL).all()

@@ -1,0 +1,85 @@
+"""The pool that hands the large per-block arrays of block tasks out again."""
+
+import pickle
+
+import numpy as np
+import pytest
+
+from pipeline.scratch import ArrayPool
+
+
+def test_pool_reuses_buffer_after_last_view():
+    pool = ArrayPool(max_buffers=4, min_bytes=1)
+    first = pool.zeros((3, 20, 20), np.int32)
+    overlap = first[:, 5:10, 2:8]  # as overlap_into hands a neighbour
+    del first
+
+    second = pool.empty((3, 20, 20), np.int32)
+    assert not np.shares_memory(second, overlap)
+
+    del overlap
+    third = pool.empty((3, 20, 20), np.int32)
+    assert not np.shares_memory(third, second)
+    assert pool.nbytes == 2 * 3 * 20 * 20 * 4
+
+
+def test_pool_zeros_clears_reused_buffer():
+    pool = ArrayPool(max_buffers=1, min_bytes=1)
+    array = pool.empty((5, 7), np.int32)
+    array[:] = 9
+    del array
+    assert not pool.zeros((5, 7), np.int32).any()
+
+
+def test_pool_array_in_larger_buffer():
+    pool = ArrayPool(max_buffers=1, min_bytes=1)
+    pool.empty((4, 10, 10), np.int32)  # 1600 bytes, unused at once
+    smaller = pool.empty((3, 10, 10), np.int16)  # 600 bytes: too small a use for that buffer
+    assert pool.nbytes == 600
+    del smaller
+    array = pool.empty((2, 10, 15), np.int16)  # 600 bytes, reuses
+    assert array.shape == (2, 10, 15)
+    assert array.dtype == np.int16
+    assert array.flags.c_contiguous
+    assert pool.nbytes == 600
+
+
+def test_pool_keeps_at_most_max_buffers():
+    pool = ArrayPool(max_buffers=2, min_bytes=1)
+    arrays = [pool.empty((10, 10), np.float32) for _ in range(5)]
+    assert pool.nbytes == 2 * 400
+    for index, array in enumerate(arrays):
+        array[:] = index
+    # The arrays outside the pool are ordinary arrays that share nothing.
+    assert [float(array[0, 0]) for array in arrays] == [0, 1, 2, 3, 4]
+
+
+def test_pool_skips_small_arrays():
+    pool = ArrayPool(min_bytes=1024)
+    array = pool.empty((10, 10), np.float32)
+    assert array.shape == (10, 10)
+    assert pool.nbytes == 0
+
+
+def test_pool_array_pickles_as_copy():
+    pool = ArrayPool(max_buffers=1, min_bytes=1)
+    array = pool.zeros((6, 6), np.int32)
+    array[2, 3] = 7
+    copy = pickle.loads(pickle.dumps(array))
+    del array
+    pool.zeros((6, 6), np.int32)
+    assert copy[2, 3] == 7
+
+
+def test_pool_clear_keeps_arrays_in_use():
+    pool = ArrayPool(max_buffers=2, min_bytes=1)
+    array = pool.zeros((4, 4), np.int64)
+    pool.clear()
+    assert pool.nbytes == 0
+    array[:] = 3
+    assert int(array.sum()) == 48
+
+
+def test_pool_rejects_zero_max_buffers():
+    with pytest.raises(ValueError, match="max_buffers must be at least 1, got 0"):
+        ArrayPool(max_buffers=0)
