@@ -44,15 +44,22 @@ class ArrayPool:
         Buffers kept at most. When all are in use, :meth:`empty` allocates an
         array outside the pool; when none fits, it replaces the smallest
         unused buffer.
+    max_unused
+        Unused buffers kept after a call to :meth:`empty`. The smallest others
+        are dropped, so that buffers that a task left are not held while the
+        next tasks allocate other arrays.
     min_bytes
         Smaller arrays are allocated outside the pool: glibc reuses them from
         its heap anyway.
     """
 
-    def __init__(self, max_buffers: int = 8, min_bytes: int = 32 * 2**20) -> None:
+    def __init__(self, max_buffers: int = 8, max_unused: int = 2, min_bytes: int = 32 * 2**20) -> None:
         if max_buffers < 1:
             raise ValueError(f"max_buffers must be at least 1, got {max_buffers}")
+        if max_unused < 0:
+            raise ValueError(f"max_unused must be at least 0, got {max_unused}")
         self.max_buffers = max_buffers
+        self.max_unused = max_unused
         self.min_bytes = min_bytes
         self._buffers: list[np.ndarray] = []
         self._lock = threading.Lock()
@@ -69,14 +76,23 @@ class ArrayPool:
             # one of more than twice the size needed.
             fitting = [index for index in unused if nbytes <= self._buffers[index].nbytes <= 2 * nbytes]
             if fitting:
-                buffer = self._buffers[min(fitting, key=lambda index: self._buffers[index].nbytes)]
+                chosen = min(fitting, key=lambda index: self._buffers[index].nbytes)
+                unused.remove(chosen)
+                buffer = self._buffers[chosen]
             else:
                 buffer = np.empty(nbytes, np.uint8)
                 if len(self._buffers) < self.max_buffers:
                     self._buffers.append(buffer)
                 elif unused:
-                    self._buffers[min(unused, key=lambda index: self._buffers[index].nbytes)] = buffer
-            return buffer[:nbytes].view(dtype).reshape(shape)
+                    smallest = min(unused, key=lambda index: self._buffers[index].nbytes)
+                    unused.remove(smallest)
+                    self._buffers[smallest] = buffer
+            array = buffer[:nbytes].view(dtype).reshape(shape)
+            del buffer
+            surplus = sorted(unused, key=lambda index: self._buffers[index].nbytes)[: max(0, len(unused) - self.max_unused)]
+            for index in sorted(surplus, reverse=True):
+                del self._buffers[index]
+            return array
 
     def zeros(self, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
         """Return an array of zeros, as :func:`numpy.zeros`."""

@@ -83,3 +83,18 @@ def test_pool_clear_keeps_arrays_in_use():
 def test_pool_rejects_zero_max_buffers():
     with pytest.raises(ValueError, match="max_buffers must be at least 1, got 0"):
         ArrayPool(max_buffers=0)
+
+
+def test_pool_drops_surplus_unused_buffers():
+    pool = ArrayPool(max_buffers=8, max_unused=1, min_bytes=1)
+    arrays = [pool.empty((10, 10), np.float32) for _ in range(4)]
+    assert pool.nbytes == 4 * 400
+    del arrays
+    kept = pool.empty((10, 10), np.float32)  # takes one, keeps one more unused
+    assert kept.shape == (10, 10)
+    assert pool.nbytes == 2 * 400
+
+
+def test_pool_rejects_negative_max_unused():
+    with pytest.raises(ValueError, match="max_unused must be at least 0, got -1"):
+        ArrayPool(max_unused=-1)
