@@ -152,11 +152,17 @@ def spawn_settings(environment: Mapping[str, str]) -> Iterator[None]:
     would otherwise start these workers with ``MALLOC_TRIM_THRESHOLD_=65536``.
     """
     malloc = {name: environment[name] for name in MALLOC_ENVIRONMENT if name in environment}
-    previous = {name: os.environ.get(name) for name in malloc}
-    os.environ.update(malloc)
+    with environment_variables(malloc), dask.config.set(nanny_spawn_config(environment)):
+        yield
+
+
+@contextlib.contextmanager
+def environment_variables(variables: Mapping[str, str]) -> Iterator[None]:
+    """Set ``variables`` in ``os.environ``, and restore their earlier values (or absence) on exit."""
+    previous = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
     try:
-        with dask.config.set(nanny_spawn_config(environment)):
-            yield
+        yield
     finally:
         for name, value in previous.items():
             if value is None:

@@ -11,9 +11,9 @@ at about one row of chunks across the scene.
 
 Entries belong to one run: a read of another run first drops them all, so a
 run never reads chunks of an earlier one, even if the store was rewritten in
-between. (Two runs that read on one worker at the same time therefore only
-keep each other from reusing chunks.) Each read passes a byte limit; past it
-the oldest entries go. A chunk missing from the cache (evicted, or read on
+between. Two runs that read on one worker at the same time therefore only
+keep each other from reusing chunks. Each read passes a byte limit, and past
+it the oldest entries go. A chunk missing from the cache (evicted, or read on
 another worker) is simply decoded again, so the cache never changes what a
 read returns.
 """

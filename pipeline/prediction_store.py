@@ -135,16 +135,15 @@ def create_prediction_store(cube: OpenedCube, url: str, jobs: Sequence[Any], chu
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         present = None
 
-    stale = [
-        layout.LANDCOVER_PROBABILITY_VAR for job in jobs
-        if job.card.task == "landcover" and not getattr(job, "probabilities", True)
-        and present is not None and layout.LANDCOVER_PROBABILITY_VAR in present
-    ]
-    if stale:
-        # An earlier run stored class probabilities; this one would leave
+    without_probabilities = any(
+        job.card.task == "landcover" and not getattr(job, "probabilities", True) for job in jobs
+    )
+    if without_probabilities and present is not None and layout.LANDCOVER_PROBABILITY_VAR in present:
+        # An earlier run stored class probabilities. This one would leave
         # them out of date where it rewrites blocks.
-        del zarr.open_group(zarr_store(url, "r+", storage_options=options), mode="r+")[stale[0]]
-        logger.info("removed %s from prediction store %s: this run writes no class probabilities", stale[0], url)
+        name = layout.LANDCOVER_PROBABILITY_VAR
+        del zarr.open_group(zarr_store(url, "r+", storage_options=options), mode="r+")[name]
+        logger.info("removed %s from prediction store %s: this run writes no class probabilities", name, url)
 
     coords = {name: cube.dataset[name] for name in ("y", "x", "spatial_ref") if name in cube.dataset.variables}
     variables, encoding = {}, {}

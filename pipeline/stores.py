@@ -170,7 +170,7 @@ def open_dataset(
     )
     # Small 1-D coordinates (band names, wavelengths, class names) are read
     # now, so that each access does not go back to the store. They are read
-    # in this process, even where the caller holds a client of a Dask cluster.
+    # in this process, even where the caller has a client of a Dask cluster.
     small = [name for name, coordinate in ds.coords.items() if coordinate.ndim == 1 and coordinate.size <= 100_000]
     ds = ds.assign_coords({name: ds[name].compute(scheduler="synchronous") for name in small})
     if SPATIAL_REF in ds.coords and "crs_wkt" in ds[SPATIAL_REF].attrs:

@@ -12,11 +12,12 @@ it. ``s3_bucket`` creates an empty bucket per test and returns its name.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 
 import pytest
+
+from cluster.environment import environment_variables
 
 S3_TEST_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -50,16 +51,10 @@ def s3_server() -> Iterator[str]:
         "AWS_ENDPOINT_URL_S3": endpoint,
         "AWS_S3_ENDPOINT": f"{host}:{port}",
     }
-    previous = {name: os.environ.get(name) for name in settings}
-    os.environ.update(settings)
     try:
-        yield endpoint
+        with environment_variables(settings):
+            yield endpoint
     finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         server.stop()
 
 

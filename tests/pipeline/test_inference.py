@@ -134,7 +134,7 @@ def test_without_probabilities_same_classes_and_confidence(client, cube, referen
     url = str(tmp_path / "obs-1.zarr")
     labels_only = dataclasses.replace(OPTIONS, class_probabilities=False)
 
-    # A resumed store that holds probabilities from a full run loses them, since this run would leave them stale.
+    # A resumed store with probabilities from a full run loses them, because this run would leave them stale.
     run_inference(client, cube, url, [TinyViTCard()], OPTIONS)
     run_inference(client, cube, url, [TinyViTCard()], labels_only, manifest_url=str(tmp_path))
 

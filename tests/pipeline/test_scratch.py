@@ -90,8 +90,8 @@ def test_pool_drops_surplus_unused_buffers():
     arrays = [pool.empty((10, 10), np.float32) for _ in range(4)]
     assert pool.nbytes == 4 * 400
     del arrays
-    kept = pool.empty((10, 10), np.float32)  # takes one, keeps one more unused
-    assert kept.shape == (10, 10)
+    reused = pool.empty((10, 10), np.float32)  # takes one, keeps one more unused
+    assert reused.shape == (10, 10)
     assert pool.nbytes == 2 * 400
 
 
