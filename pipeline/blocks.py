@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import blend_kernels, chunk_cache, layout, scratch
+from pipeline import blend_kernels, chunk_cache, chunk_io, layout, scratch
 from pipeline.model.precision import autocast
 from pipeline.model_cache import model_for
 from pipeline.stores import zarr_store
@@ -510,6 +510,10 @@ def write_block(
     group = zarr.open_group(store, mode="r+")
     for name, values in outputs.items():
         array = group[name]
+        access = chunk_io.chunk_access(array) if has_data else None
+        if access is not None:
+            access.write_region((0,) * (values.ndim - 2) + (block.y0, block.x0), values)
+            continue
         if has_data:
             # Skip zarr's check of every chunk for all-fill values: a block
             # with data rarely has such a chunk. A block without data keeps

@@ -26,7 +26,7 @@ from collections.abc import Hashable
 
 import numpy as np
 
-from pipeline import scratch
+from pipeline import chunk_io, scratch
 
 
 class ChunkCache:
@@ -129,12 +129,16 @@ def read_region_cached(
     bands, height, width = array.shape
     _, chunk_y, chunk_x = array.chunks
     out = scratch.BLOCK_ARRAYS.empty((bands, y1 - y0, x1 - x0), array.dtype)
+    access = chunk_io.chunk_access(array)
     for row, row_start, row_stop in chunk_ranges(y0, y1, chunk_y, height):
         for col, col_start, col_stop in chunk_ranges(x0, x1, chunk_x, width):
             last_reader = own[0] < row_stop <= own[1] and own[2] < col_stop <= own[3]
             chunk = cache.get(run, (row, col), take=last_reader)
             if chunk is None:
-                chunk = np.asarray(array[:, row_start:row_stop, col_start:col_stop])
+                if access is not None:
+                    chunk = access.read((0, row, col))
+                else:
+                    chunk = np.asarray(array[:, row_start:row_stop, col_start:col_stop])
                 if not last_reader:
                     cache.put(run, (row, col), chunk, limit_bytes)
             top, bottom = max(y0, row_start), min(y1, row_stop)

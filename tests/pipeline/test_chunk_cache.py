@@ -7,10 +7,12 @@ import zarr
 from pipeline.chunk_cache import ChunkCache, chunk_ranges, read_region_cached
 
 
-@pytest.fixture
-def cube(tmp_path):
+@pytest.fixture(params=["local", "memory"])
+def cube(tmp_path, request):
+    # A local store is read chunk by chunk outside zarr, a store in memory through zarr.
+    store = tmp_path / "cube.zarr" if request.param == "local" else zarr.storage.MemoryStore()
     values = np.random.default_rng(0).integers(-100, 10000, size=(3, 50, 70)).astype(np.int16)
-    array = zarr.create_array(tmp_path / "cube.zarr", shape=values.shape, chunks=(3, 16, 16), dtype="int16")
+    array = zarr.create_array(store, shape=values.shape, chunks=(3, 16, 16), dtype="int16")
     array[:] = values
     return array, values
 
