@@ -283,20 +283,25 @@ def test_model_tasks_only_on_gpu_worker(gpu_client, cube, tmp_path):
 
 
 def test_job_survives_killed_worker(gpu_client, cube, reference, tmp_path):
-    # The worker that runs every model task is killed after the first block is written.
+    # The worker that runs every model task is killed at the first finished
+    # block after which it still has a task in progress.
     card = TinyViTCard(call_delay_s=0.1)
     gpu_worker = _gpu_worker(gpu_client)
     pid = gpu_client.run(os.getpid, workers=[gpu_worker])[gpu_worker]
     killed = []
 
     def kill_model_worker(done: int, total: int) -> None:
-        if not killed:
-            killed.append(len(gpu_client.processing(workers=[gpu_worker])[gpu_worker]))
+        if killed:
+            return
+        in_progress = len(gpu_client.processing(workers=[gpu_worker])[gpu_worker])
+        if in_progress:
+            killed.append((done, in_progress))
             os.kill(pid, signal.SIGKILL)
 
     report = run_inference(gpu_client, cube, str(tmp_path / "obs-1.zarr"), [card], OPTIONS, progress=kill_model_worker)
 
-    assert killed and killed[0] > 0, "the killed worker had no task in progress"
+    assert killed, "the model worker had no task in progress after any finished block"
+    assert killed[0][0] < 20, "the model worker was killed only after the last block"
     assert report.blocks_done == 20
     assert pid not in gpu_client.run(os.getpid).values()
     result = _read(str(tmp_path / "obs-1.zarr"))
