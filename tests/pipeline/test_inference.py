@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+import zarr
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
 
 import pipeline.model
@@ -346,6 +347,45 @@ def test_out_of_memory_halves_batch(client, cube, reference, tmp_path):
 def test_missing_cube_rejected(client, tmp_path):
     with pytest.raises(FileNotFoundError, match="no input cube at .*run the ingest stage"):
         run_inference(client, str(tmp_path / "absent.zarr"), str(tmp_path / "p.zarr"), [PointwiseCard()], OPTIONS)
+
+
+def test_malformed_cubes_rejected(client, cube, tmp_path):
+    version_2 = zarr.open_group(tmp_path / "v2.zarr", mode="w", zarr_format=2)
+    version_2.create_array(layout.REFLECTANCE_VAR, shape=(2, 4, 4), dtype="int16")
+    with pytest.raises(ValueError, match="Zarr format 2 store; .* run the ingest stage again"):
+        run_inference(client, str(tmp_path / "v2.zarr"), str(tmp_path / "p.zarr"), [PointwiseCard()], OPTIONS)
+
+    no_reflectance = zarr.open_group(tmp_path / "empty.zarr", mode="w", zarr_format=3)
+    no_reflectance.create_array("x", shape=(4,), dtype="float64")
+    with pytest.raises(ValueError, match="has no 'reflectance' variable; variables present: \\['x'\\]"):
+        run_inference(client, str(tmp_path / "empty.zarr"), str(tmp_path / "p.zarr"), [PointwiseCard()], OPTIONS)
+
+    no_wavelengths = zarr.open_group(tmp_path / "bands.zarr", mode="w", zarr_format=3)
+    no_wavelengths.create_array(layout.REFLECTANCE_VAR, shape=(2, 4, 4), dtype="int16",
+                                dimension_names=("band", "y", "x"))
+    with pytest.raises(ValueError, match="has no 'wavelength_um' coordinate along 'band'"):
+        run_inference(client, str(tmp_path / "bands.zarr"), str(tmp_path / "p.zarr"), [PointwiseCard()], OPTIONS)
+    assert not (tmp_path / "p.zarr").exists()
+
+
+def test_unwritten_chunks_read_as_nodata(cube, tmp_path):
+    # The store's fill value is the nodata value, so a block never written reads as nodata.
+    from pipeline.prediction_store import create_prediction_store, open_cube
+
+    url = str(tmp_path / "p.zarr")
+
+    class Job:
+        card = TinyViTCard()
+        fingerprint = "0" * 64
+        patch_px = 4
+        probabilities = True
+        plan = dataclasses.make_dataclass("Plan", ["grid", "block_px"])(tile_grid(HEIGHT, WIDTH, 32, 8), 32)
+
+    create_prediction_store(open_cube(cube), url, [Job()], 32)
+    result = _read(url)
+    for name in OUTPUTS:
+        assert np.all(result[name] == layout.PROBABILITY_FILL), name
+    assert result[layout.LANDCOVER_VAR].shape == (HEIGHT, WIDTH)
 
 
 @pytest.mark.parametrize(
