@@ -61,13 +61,57 @@ BLEND_TOP_NOT_FINITE = 2
 
 
 @compile_loop
+def _blend_row(logits, y, weights, top, logit_sum, weight_sum, target_row, col0, width, low, high, step):  # pragma: no cover
+    """Blend row ``y`` of C-contiguous ``(classes, rows, tile)`` logits into row ``target_row`` of the sums."""
+    classes = logits.shape[0]
+    # Loops run over 1-D row views, which LLVM vectorizes. Indexing the 3-D
+    # arrays inside the innermost loop instead is four times slower.
+    if classes > 1:
+        nans = 0
+        for c in range(classes):
+            row = logits[c, y, :width]
+            if c == 0:
+                top[:width] = row
+            for x in range(width):
+                nans += np.isnan(row[x])
+                top[x] = max(top[x], row[x])
+        if nans:
+            return BLEND_NAN
+        infinite = 0
+        for x in range(width):
+            infinite += np.isinf(top[x])
+        if infinite:
+            return BLEND_TOP_NOT_FINITE
+        for c in range(classes):
+            row = logits[c, y, :width]
+            sums = logit_sum[c, target_row, col0: col0 + width]
+            for x in range(width):
+                shifted = max(row[x] - top[x], low)
+                sums[x] += np.int32(np.rint(shifted * step)) * weights[x]
+    else:
+        row = logits[0, y, :width]
+        nans = 0
+        for x in range(width):
+            nans += np.isnan(row[x])
+        if nans:
+            return BLEND_NAN
+        sums = logit_sum[0, target_row, col0: col0 + width]
+        for x in range(width):
+            sums[x] += np.int32(np.rint(min(max(row[x], low), high) * step)) * weights[x]
+    weight_row = weight_sum[target_row, col0: col0 + width]
+    for x in range(width):
+        weight_row[x] += weights[x]
+    return BLEND_OK
+
+
+@compile_loop
 def blend_tile(logits, window, logit_sum, weight_sum, row0, col0, height, width, limit, scale):  # pragma: no cover
     """Quantize one tile's logits and add them, weighted, into the blend sums.
 
     Parameters
     ----------
     logits
-        float32 ``(classes, tile, tile)``, read only.
+        float32 ``(classes, tile, tile)``, C-contiguous, read only.
     window
         int32 blend weights ``(tile, tile)``.
     logit_sum, weight_sum
@@ -85,50 +129,41 @@ def blend_tile(logits, window, logit_sum, weight_sum, row0, col0, height, width,
         ``BLEND_OK``, ``BLEND_NAN`` or ``BLEND_TOP_NOT_FINITE``; on an error
         status the sums are partly updated and must be dropped.
     """
-    classes = logits.shape[0]
     top = np.empty(width, dtype=np.float32)
-    low = np.float32(-limit)
-    high = np.float32(limit)
-    step = np.float32(scale)
-    # Loops run over 1-D row views, which LLVM vectorizes. Indexing the 3-D
-    # arrays inside the innermost loop instead is four times slower.
+    low, high, step = np.float32(-limit), np.float32(limit), np.float32(scale)
     for y in range(height):
-        weights = window[y, :width]
-        if classes > 1:
-            nans = 0
-            for c in range(classes):
-                row = logits[c, y, :width]
-                if c == 0:
-                    top[:] = row
-                for x in range(width):
-                    nans += np.isnan(row[x])
-                    top[x] = max(top[x], row[x])
-            if nans:
-                return BLEND_NAN
-            infinite = 0
+        status = _blend_row(logits, y, window[y, :width], top, logit_sum, weight_sum, row0 + y, col0, width,
+                            low, high, step)
+        if status != BLEND_OK:
+            return status
+    return BLEND_OK
+
+
+@compile_loop
+def blend_tile_channels_last(logits, window, logit_sum, weight_sum, row0, col0, height, width, limit,
+                             scale):  # pragma: no cover
+    """Do what :func:`blend_tile` does for logits stored channels last: C-contiguous ``(tile, tile, classes)``.
+
+    Models that end in a pixel shuffle return such logits. Each tile row is
+    transposed into a small buffer that stays in cache. For a 10-class
+    256 px tile on the 2-vCPU test VM this took 0.48 ms, and a copy of the
+    tile to ``(classes, tile, tile)`` order followed by :func:`blend_tile`
+    took 0.65 ms.
+    """
+    classes = logits.shape[2]
+    rows = np.empty((classes, 1, width), dtype=np.float32)
+    top = np.empty(width, dtype=np.float32)
+    low, high, step = np.float32(-limit), np.float32(limit), np.float32(scale)
+    for y in range(height):
+        pixels = logits[y]
+        for c in range(classes):
+            row = rows[c, 0]
             for x in range(width):
-                infinite += np.isinf(top[x])
-            if infinite:
-                return BLEND_TOP_NOT_FINITE
-            for c in range(classes):
-                row = logits[c, y, :width]
-                sums = logit_sum[c, row0 + y, col0: col0 + width]
-                for x in range(width):
-                    shifted = max(row[x] - top[x], low)
-                    sums[x] += np.int32(np.rint(shifted * step)) * weights[x]
-        else:
-            row = logits[0, y, :width]
-            nans = 0
-            for x in range(width):
-                nans += np.isnan(row[x])
-            if nans:
-                return BLEND_NAN
-            sums = logit_sum[0, row0 + y, col0: col0 + width]
-            for x in range(width):
-                sums[x] += np.int32(np.rint(min(max(row[x], low), high) * step)) * weights[x]
-        weight_row = weight_sum[row0 + y, col0: col0 + width]
-        for x in range(width):
-            weight_row[x] += weights[x]
+                row[x] = pixels[x, c]
+        status = _blend_row(rows, 0, window[y, :width], top, logit_sum, weight_sum, row0 + y, col0, width,
+                            low, high, step)
+        if status != BLEND_OK:
+            return status
     return BLEND_OK
 
 

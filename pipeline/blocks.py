@@ -250,10 +250,14 @@ class BlendAccumulator:
                 f"{(self.y0, self.y1, self.x0, self.x1)} with {self.logit_sum.shape[0]} classes and "
                 f"{self.window.shape} px tiles"
             )
-        status = blend_kernels.blend_tile(
-            np.ascontiguousarray(logits, dtype=np.float32), self.window, self.logit_sum, self.weight_sum,
-            tile.y0 - self.y0, tile.x0 - self.x0, height, width, LOGIT_LIMIT, LOGIT_SCALE,
-        )
+        logits = np.asarray(logits, dtype=np.float32)
+        channels_last = logits.transpose(1, 2, 0)
+        if not logits.flags.c_contiguous and channels_last.flags.c_contiguous:
+            kernel, logits = blend_kernels.blend_tile_channels_last, channels_last
+        else:
+            kernel, logits = blend_kernels.blend_tile, np.ascontiguousarray(logits)
+        status = kernel(logits, self.window, self.logit_sum, self.weight_sum, tile.y0 - self.y0,
+                        tile.x0 - self.x0, height, width, LOGIT_LIMIT, LOGIT_SCALE)
         _raise_for_status(status, self.name)
 
 

@@ -107,6 +107,48 @@ def test_tile_past_scene_edge_is_cropped():
     assert np.array_equal(accumulator.weight_sum[3:, 4:], np.ones((2, 2)))
 
 
+def _channels_last(logits: np.ndarray) -> np.ndarray:
+    """Return ``logits`` (classes, y, x) as a view of an array stored (y, x, classes), as a pixel shuffle leaves it."""
+    return np.ascontiguousarray(logits.transpose(1, 2, 0)).transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize("classes", [1, 6])
+def test_logit_layouts_give_same_sums(classes):
+    rng = np.random.default_rng(4)
+    window = blend_window(16, 4).astype(np.int32)
+    tiles = [(Tile(0, 0, 0, 0), (0, 0)), (Tile(0, 1, 0, 12), (0, 12)), (Tile(1, 1, 12, 12), (12, 12))]
+    logits = [rng.normal(size=(classes, 16, 16)).astype(np.float32) * 8 for _ in tiles]
+    layouts = {
+        "C order": lambda values: values,
+        "channels last": _channels_last,
+        "Fortran order": np.asfortranarray,
+        "every other column": lambda values: np.repeat(values, 2, axis=2)[:, :, ::2],
+    }
+    results = {}
+    for name, layout_of in layouts.items():
+        # The scene ends 4 px before the last tiles' far edges, so they are cropped.
+        accumulator = BlendAccumulator((0, 24, 0, 24), window, "test")
+        for (tile, _), values in zip(tiles, logits):
+            accumulator.add(tile, layout_of(values), (24, 24))
+        results[name] = (accumulator.logit_sum, accumulator.weight_sum)
+
+    # With one class both layouts are the same bytes.
+    assert _channels_last(logits[0]).flags.c_contiguous == (classes == 1)
+    for name, (logit_sum, weight_sum) in results.items():
+        assert np.array_equal(logit_sum, results["C order"][0]), name
+        assert np.array_equal(weight_sum, results["C order"][1]), name
+
+
+@pytest.mark.parametrize(("value", "message"), [(np.nan, "NaN logits"), (np.inf, "infinite logits")])
+def test_channels_last_non_finite_logits_rejected(value, message):
+    logits = np.zeros((3, 4, 4), np.float32)
+    logits[2, 3, 1] = value
+    accumulator = BlendAccumulator((0, 4, 0, 4), np.ones((4, 4), np.int32), "broken-card")
+
+    with pytest.raises(FloatingPointError, match=f"'broken-card' returned {message}"):
+        accumulator.add(Tile(0, 0, 0, 0), _channels_last(logits), (4, 4))
+
+
 def test_cut_tile_nodata_and_edges():
     rng = np.random.default_rng(3)
     data = rng.integers(-9999, 10000, size=(3, 7, 9)).astype(np.int16)
