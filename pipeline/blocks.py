@@ -227,8 +227,30 @@ class BlendAccumulator:
         self.y0, self.y1, self.x0, self.x1 = footprint
         self.window = np.ascontiguousarray(window, dtype=np.int32)
         self.name = name
-        self.logit_sum: np.ndarray | None = None
-        self.weight_sum = np.zeros((self.y1 - self.y0, self.x1 - self.x0), dtype=np.int32)
+        # The sums start undefined. The first tile over a pixel stores its
+        # term and later ones add to it, which saves zeroing 47 MB for a
+        # 1088 px footprint of 10 classes. _written counts the columns at the
+        # start of each row that contain sums. The properties below zero the
+        # rest when the sums are read.
+        self._logit_sum: np.ndarray | None = None
+        self._weight_sum = scratch.BLOCK_ARRAYS.empty((self.y1 - self.y0, self.x1 - self.x0), np.int32)
+        self._written = np.zeros(self.y1 - self.y0, dtype=np.int64)
+
+    @property
+    def logit_sum(self) -> np.ndarray | None:
+        """int32 ``(classes, y, x)`` sums over the footprint, ``None`` before the first tile."""
+        if self._logit_sum is not None:
+            blend_kernels.zero_unwritten(self._logit_sum, self._weight_sum, self._written)
+        return self._logit_sum
+
+    @property
+    def weight_sum(self) -> np.ndarray:
+        """int32 ``(y, x)`` sums of the blend weights over the footprint."""
+        if self._logit_sum is None:
+            self._weight_sum.fill(0)
+        else:
+            blend_kernels.zero_unwritten(self._logit_sum, self._weight_sum, self._written)
+        return self._weight_sum
 
     def add(self, tile: Tile, logits: np.ndarray, scene_shape: tuple[int, int]) -> None:
         """Add one tile's float32 logits ``(classes, tile, tile)``.
@@ -238,16 +260,16 @@ class BlendAccumulator:
         FloatingPointError
             If the logits contain NaN, or a pixel's largest logit is infinite.
         """
-        if self.logit_sum is None:
-            self.logit_sum = scratch.BLOCK_ARRAYS.zeros((logits.shape[0], *self.weight_sum.shape), np.int32)
+        if self._logit_sum is None:
+            self._logit_sum = scratch.BLOCK_ARRAYS.empty((logits.shape[0], *self._weight_sum.shape), np.int32)
         height = min(self.window.shape[0], scene_shape[0] - tile.y0)
         width = min(self.window.shape[1], scene_shape[1] - tile.x0)
         # The compiled loop does not check bounds, so this does.
         if (tile.y0 < self.y0 or tile.x0 < self.x0 or tile.y0 + height > self.y1 or tile.x0 + width > self.x1
-                or logits.shape[1:] != self.window.shape or logits.shape[0] != self.logit_sum.shape[0]):
+                or logits.shape[1:] != self.window.shape or logits.shape[0] != self._logit_sum.shape[0]):
             raise ValueError(
                 f"tile at ({tile.y0}, {tile.x0}) with logits of shape {logits.shape} does not fit the footprint "
-                f"{(self.y0, self.y1, self.x0, self.x1)} with {self.logit_sum.shape[0]} classes and "
+                f"{(self.y0, self.y1, self.x0, self.x1)} with {self._logit_sum.shape[0]} classes and "
                 f"{self.window.shape} px tiles"
             )
         logits = np.asarray(logits, dtype=np.float32)
@@ -256,7 +278,7 @@ class BlendAccumulator:
             kernel, logits = blend_kernels.blend_tile_channels_last, channels_last
         else:
             kernel, logits = blend_kernels.blend_tile, np.ascontiguousarray(logits)
-        status = kernel(logits, self.window, self.logit_sum, self.weight_sum, tile.y0 - self.y0,
+        status = kernel(logits, self.window, self._logit_sum, self._weight_sum, self._written, tile.y0 - self.y0,
                         tile.x0 - self.x0, height, width, LOGIT_LIMIT, LOGIT_SCALE)
         _raise_for_status(status, self.name)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import blend_kernels, layout
+from pipeline import blend_kernels, layout, scratch
 from pipeline.blocks import LOGIT_LIMIT, LOGIT_SCALE, BlendAccumulator, _cut_tile
 from pipeline.tiling import BLEND_LEVELS, Tile, blend_window
 
@@ -105,6 +105,57 @@ def test_tile_past_scene_edge_is_cropped():
 
     assert accumulator.weight_sum.sum() == 2 * 2
     assert np.array_equal(accumulator.weight_sum[3:, 4:], np.ones((2, 2)))
+
+
+@pytest.fixture
+def garbage_buffers(monkeypatch):
+    """Make the sums start as garbage, as a reused buffer can, instead of the zeros fresh memory often has."""
+
+    def empty(shape, dtype):
+        return np.full(shape, 12345, dtype)
+
+    monkeypatch.setattr(scratch.BLOCK_ARRAYS, "empty", empty)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sums_independent_of_tile_order_and_gaps(garbage_buffers, seed):
+    # A 3 x 3 grid of 16 px tiles at stride 12 over a 40 x 40 footprint, some
+    # tiles left out (as nodata tiles are) and the rest added in random order.
+    rng = np.random.default_rng(seed)
+    window = blend_window(16, 4).astype(np.int32)
+    tiles = [Tile(row, col, 12 * row, 12 * col) for row in range(3) for col in range(3)]
+    kept = [tile for tile in tiles if rng.random() < 0.7]
+    logits = {tile: rng.normal(size=(3, 16, 16)).astype(np.float32) * 6 for tile in kept}
+
+    expected_logits = np.zeros((3, 40, 40), np.int64)
+    expected_weights = np.zeros((40, 40), np.int64)
+    for tile in kept:
+        alone = BlendAccumulator((0, 40, 0, 40), window, "test")
+        alone.add(tile, logits[tile], (40, 40))
+        expected_logits += alone.logit_sum
+        expected_weights += alone.weight_sum
+
+    accumulator = BlendAccumulator((0, 40, 0, 40), window, "test")
+    for index in rng.permutation(len(kept)):
+        accumulator.add(kept[index], logits[kept[index]], (40, 40))
+
+    assert np.array_equal(accumulator.weight_sum, expected_weights)
+    assert np.array_equal(accumulator.logit_sum, expected_logits)
+    uncovered = expected_weights == 0
+    assert np.all(accumulator.logit_sum[:, uncovered] == 0)
+
+
+def test_sums_read_between_tiles_stay_exact(garbage_buffers):
+    # Reading the sums zeroes what no tile wrote; later tiles must add to those zeros.
+    window = np.ones((4, 4), np.int32)
+    accumulator = BlendAccumulator((0, 4, 0, 8), window, "test")
+    accumulator.add(Tile(0, 0, 0, 0), np.ones((1, 4, 4), np.float32), (4, 8))
+    assert accumulator.weight_sum[:, 4:].sum() == 0
+
+    accumulator.add(Tile(0, 1, 0, 2), np.ones((1, 4, 4), np.float32), (4, 8))
+
+    assert accumulator.weight_sum[0].tolist() == [1, 1, 2, 2, 1, 1, 0, 0]
+    assert accumulator.logit_sum[0, 0].tolist() == [LOGIT_SCALE * value for value in [1, 1, 2, 2, 1, 1, 0, 0]]
 
 
 def _channels_last(logits: np.ndarray) -> np.ndarray:
