@@ -139,19 +139,26 @@ def read_block(
 
     Given the ``block`` region the read is for and a ``run`` token shared by
     the run's reads, chunks that later blocks read again stay decoded in this
-    worker process (:mod:`pipeline.chunk_cache`), up to about two rows of
-    chunks across the scene.
+    worker process (:mod:`pipeline.chunk_cache`), up to the number of halo
+    chunks of one block, whatever the scene's width.
     """
     import zarr
 
     y0, y1, x0, x1 = footprint
     store = zarr_store(cube.url, "r", storage_options=dict(cube.storage_options))
     array = zarr.open_group(store, mode="r")[layout.REFLECTANCE_VAR]
-    bands, _, width = array.shape
+    bands = array.shape[0]
     if block is None or run is None or array.chunks[0] != bands:
         return np.asarray(array[:, y0:y1, x0:x1])
-    chunk_bytes = array.dtype.itemsize * math.prod(array.chunks)
-    limit_bytes = 2 * (math.ceil(width / array.chunks[2]) + 1) * chunk_bytes
+    # Room for the chunks of one block's halo: a column to its right, a row
+    # below and the corner. The next block in the row reads the column soon.
+    # The row waits for the next row of blocks, so on scenes more than two
+    # blocks wide its older chunks are evicted and decoded again, which
+    # keeps the memory flat as scenes grow.
+    _, chunk_y, chunk_x = array.chunks
+    block_y0, block_y1, block_x0, block_x1 = block
+    halo_chunks = math.ceil((block_y1 - block_y0) / chunk_y) + math.ceil((block_x1 - block_x0) / chunk_x) + 1
+    limit_bytes = halo_chunks * array.dtype.itemsize * math.prod(array.chunks)
     return chunk_cache.read_region_cached(array, (cube.url, run), footprint, block, limit_bytes)
 
 
@@ -228,8 +235,8 @@ class BlendAccumulator:
         self.window = np.ascontiguousarray(window, dtype=np.int32)
         self.name = name
         # The sums start undefined. The first tile over a pixel stores its
-        # term and later ones add to it, which saves zeroing 47 MB for a
-        # 1088 px footprint of 10 classes. _written counts the columns at the
+        # term and later ones add to it, which saves zeroing 59 MB for a
+        # 1216 px footprint of 10 classes. _written counts the columns at the
         # start of each row that contain sums. The properties below zero the
         # rest when the sums are read.
         self._logit_sum: np.ndarray | None = None

@@ -6,16 +6,16 @@ zarr decodes a whole chunk for any part of it, so without a cache each halo
 chunk is decoded twice or four times. With it, the block that reads a chunk
 as halo keeps the decoded chunk, and the chunk's last reader takes it out of
 the cache. Blocks run in row-major order and halos reach down and right, so
-the last reader is the block that holds the chunk's last pixel. Memory stays
-at about one row of chunks across the scene.
+the last reader is the block that holds the chunk's last pixel. Each read
+passes a byte limit, and past it the oldest entries go, so the callers bound
+memory by the limit they pass.
 
 Entries belong to one run: a read of another run first drops them all, so a
 run never reads chunks of an earlier one, even if the store was rewritten in
 between. Two runs that read on one worker at the same time therefore only
-keep each other from reusing chunks. Each read passes a byte limit, and past
-it the oldest entries go. A chunk missing from the cache (evicted, or read on
-another worker) is simply decoded again, so the cache never changes what a
-read returns.
+keep each other from reusing chunks. A chunk missing from the cache
+(evicted, or read on another worker) is simply decoded again, so the cache
+never changes what a read returns.
 """
 
 from __future__ import annotations

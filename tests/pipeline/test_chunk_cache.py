@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import zarr
 
+from pipeline import chunk_cache, layout
+from pipeline.blocks import CubeInfo, read_block
 from pipeline.chunk_cache import ChunkCache, chunk_ranges, read_region_cached
 
 
@@ -72,3 +74,23 @@ def test_new_run_never_sees_old_chunks(cube):
 
     assert np.array_equal(got, values[:, 0:42, 32:70] + 1)
     assert cache.get("first", (2, 2)) is None
+
+
+@pytest.mark.parametrize("width", [64, 256])
+def test_block_reads_keep_memory_flat_in_scene_width(tmp_path, width):
+    # 32 px blocks with a 12 px halo over 16 px chunks: a block's halo touches 2 + 2 + 1 chunks.
+    values = np.random.default_rng(2).integers(0, 10000, size=(2, 64, width)).astype(np.int16)
+    group = zarr.open_group(tmp_path / "cube.zarr", mode="w")
+    group.create_array(layout.REFLECTANCE_VAR, shape=values.shape, chunks=(2, 16, 16), dtype="int16")[:] = values
+    cube = CubeInfo(str(tmp_path / "cube.zarr"), (), 64, width, (0.49, 0.56), -32768)
+    chunk_cache.CHUNKS.clear()
+
+    largest = 0
+    for y0 in range(0, 64, 32):
+        for x0 in range(0, width, 32):
+            footprint = (y0, min(y0 + 44, 64), x0, min(x0 + 44, width))
+            data = read_block(cube, footprint, (y0, y0 + 32, x0, x0 + 32), f"run-{width}")
+            assert np.array_equal(data, values[:, footprint[0]: footprint[1], footprint[2]: footprint[3]])
+            largest = max(largest, chunk_cache.CHUNKS.nbytes)
+
+    assert largest <= 5 * 2 * 16 * 16 * 2
