@@ -13,6 +13,7 @@ predictions independent of how a scene is split into blocks and workers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from collections.abc import Iterator
@@ -155,12 +156,13 @@ class TileGrid:
         """Distance between neighbouring tile origins, in pixels."""
         return self.tile_px - self.overlap_px
 
-    @property
+    # Cached: the driver's block planning reads them hundreds of times per scene.
+    @functools.cached_property
     def origins_y(self) -> tuple[int, ...]:
         """Tile row starts in pixels."""
         return axis_origins(self.height, self.tile_px, self.stride_px)
 
-    @property
+    @functools.cached_property
     def origins_x(self) -> tuple[int, ...]:
         """Tile column starts in pixels."""
         return axis_origins(self.width, self.tile_px, self.stride_px)
