@@ -46,7 +46,7 @@ from pipeline.blocks import (
 )
 from pipeline.completion import clear_complete, mark_complete
 from pipeline.manifest import Manifest
-from pipeline.prediction_store import create_prediction_store, open_cube
+from pipeline.prediction_store import check_prediction_store, create_prediction_store, open_cube
 from pipeline.tiling import Block, choose_patch_size, plan_blocks, tile_grid
 
 logger = logging.getLogger(__name__)
@@ -313,6 +313,8 @@ def run_inference(
         )
 
     storage_options = dict(cube.storage_options)
+    # Checked before the completion record goes, so a rejected run leaves the store as it was.
+    check_prediction_store(cube, prediction_url, jobs, options.chunk_px)
     # A store left by an interrupted rerun must not read as complete.
     clear_complete(prediction_url, storage_options)
     counter = _Progress(sum(len(job.plan) for job in jobs), progress)

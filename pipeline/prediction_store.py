@@ -9,7 +9,9 @@ fill it region by region.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +19,7 @@ import numpy as np
 import zarr
 
 from pipeline import layout
-from pipeline.stores import SPATIAL_REF, stage_compressors, storage_options_from_env, zarr_store
+from pipeline.stores import SPATIAL_REF, is_remote, stage_compressors, storage_options_from_env, zarr_store
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +54,9 @@ def open_cube(url: str) -> OpenedCube:
     FileNotFoundError
         If there is no Zarr store at ``url``.
     ValueError
-        If the store lacks the ``reflectance`` variable, its ``wavelength_um``
-        coordinate or a ``gsd_m`` attribute.
+        If the store is not a Zarr v3 group, has invalid metadata, or lacks the
+        ``reflectance`` variable, its ``wavelength_um`` coordinate or a
+        ``gsd_m`` attribute.
     """
     from pipeline.blocks import CubeInfo
 
@@ -62,6 +65,12 @@ def open_cube(url: str) -> OpenedCube:
         group = zarr.open_group(zarr_store(url, "r", storage_options=options), mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as error:
         raise FileNotFoundError(f"no input cube at {url!r}; run the ingest stage first") from error
+    except zarr.errors.ContainsArrayError as error:
+        raise ValueError(
+            f"{url!r} is a Zarr array, not an input cube; pass the cube's folder (<output>/inputs/<observation>.zarr)"
+        ) from error
+    except json.JSONDecodeError as error:
+        raise ValueError(f"input cube {url!r} has invalid Zarr metadata ({error}); run the ingest stage again") from error
     if group.metadata.zarr_format != 3:
         raise ValueError(
             f"input cube {url!r} is a Zarr format {group.metadata.zarr_format} store; the pipeline reads Zarr v3 "
@@ -142,6 +151,76 @@ def _attributes(job: Any) -> dict[str, Any]:
     }
 
 
+def _same_or_inside(url: str, other: str) -> bool:
+    """Return whether ``url`` names the store ``other`` or a path inside it."""
+    if is_remote(url) != is_remote(other):
+        return False
+    if is_remote(url):
+        path, root = url.rstrip("/"), other.rstrip("/")
+        return path == root or path.startswith(root + "/")
+    path, root = os.path.realpath(url.removeprefix("file://")), os.path.realpath(other.removeprefix("file://"))
+    return path == root or path.startswith(root + os.sep)
+
+
+def _existing_shapes(url: str, options: dict[str, Any]) -> dict[str, tuple[int, ...]] | None:
+    """Return the shapes of the arrays in the prediction store at ``url``, or ``None`` where there is none yet.
+
+    Raises
+    ------
+    ValueError
+        If ``url`` is a file, a Zarr array or a Zarr v2 store.
+    """
+    if not is_remote(url) and os.path.isfile(url.removeprefix("file://")):
+        raise ValueError(f"prediction store {url!r} is a file, not a folder; pass another output path")
+    try:
+        existing = zarr.open_group(zarr_store(url, "r", storage_options=options), mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        return None
+    except zarr.errors.ContainsArrayError as error:
+        raise ValueError(
+            f"prediction store {url!r} is a Zarr array, not a group; delete it or pass another output path"
+        ) from error
+    if existing.metadata.zarr_format != 3:
+        raise ValueError(
+            f"prediction store {url!r} is a Zarr format {existing.metadata.zarr_format} store; "
+            "delete it or pass another output path"
+        )
+    return {name: tuple(existing[name].shape) for name in existing.array_keys()}
+
+
+def check_prediction_store(cube: OpenedCube, url: str, jobs: Sequence[Any], chunk_px: int) -> None:
+    """Check, before anything is written, that ``url`` can take the prediction store for ``jobs``.
+
+    Raises
+    ------
+    ValueError
+        If ``url`` is the input cube or lies inside it, is a file, a Zarr
+        array or a Zarr v2 store, or has a variable of another shape than the
+        cube's grid gives.
+    """
+    if _same_or_inside(url, cube.info.url):
+        raise ValueError(
+            f"prediction store {url!r} would overwrite the input cube {cube.info.url!r}; pass another output path"
+        )
+    present = _existing_shapes(url, dict(cube.storage_options))
+    if present is None:
+        return
+    for name, shape in _shapes(jobs, cube.info.height, cube.info.width, chunk_px).items():
+        if name in present and present[name] != shape:
+            raise ValueError(
+                f"prediction store {url!r} has {name!r} of shape {present[name]}, expected {shape}; "
+                "delete the store (or pass another output) to start over"
+            )
+
+
+def _shapes(jobs: Sequence[Any], height: int, width: int, chunk_px: int) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for job in jobs:
+        for name, (dims, chunks) in _variables(job, height, width, chunk_px).items():
+            shapes[name] = (chunks[0], height, width) if len(dims) == 3 else (height, width)
+    return shapes
+
+
 def create_prediction_store(cube: OpenedCube, url: str, jobs: Sequence[Any], chunk_px: int) -> None:
     """Create the prediction store for the cards of ``jobs``, or complete an existing one.
 
@@ -152,16 +231,13 @@ def create_prediction_store(cube: OpenedCube, url: str, jobs: Sequence[Any], chu
     Raises
     ------
     ValueError
-        If an existing variable has another shape than the cube's grid gives.
+        As :func:`check_prediction_store`.
     """
     height, width = cube.info.height, cube.info.width
     options = dict(cube.storage_options)
 
-    try:
-        existing = zarr.open_group(zarr_store(url, "r", storage_options=options), mode="r")
-        present = {name: existing[name].shape for name in existing.array_keys()}
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-        present = None
+    check_prediction_store(cube, url, jobs, chunk_px)
+    present = _existing_shapes(url, options)
 
     without_probabilities = any(
         job.card.task == "landcover" and not getattr(job, "probabilities", True) for job in jobs
@@ -176,15 +252,9 @@ def create_prediction_store(cube: OpenedCube, url: str, jobs: Sequence[Any], chu
     variables = {}
     for job in jobs:
         for name, (dims, chunks) in _variables(job, height, width, chunk_px).items():
-            shape = (chunks[0], height, width) if len(dims) == 3 else (height, width)
-            if present is not None and name in present:
-                if tuple(present[name]) != shape:
-                    raise ValueError(
-                        f"prediction store {url!r} has {name!r} of shape {present[name]}, expected {shape}; "
-                        "delete the store (or pass another output) to start over"
-                    )
-                continue
-            variables[name] = (job, dims, chunks, shape)
+            if present is None or name not in present:
+                shape = (chunks[0], height, width) if len(dims) == 3 else (height, width)
+                variables[name] = (job, dims, chunks, shape)
 
     if variables:
         # zarr alone writes the same metadata and coordinates as xarray's

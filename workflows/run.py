@@ -192,9 +192,16 @@ def _infer(
     options = inference_options(plan.job)
     tiles_run = tiles_skipped = 0
     for observation in observations:
+        prediction_url = plan.prediction_url(observation)
         if plan.job.resume and manifest.is_done("infer", observation.observation_id):
-            logger.info("infer: %s already done, skipped", observation.observation_id)
-            continue
+            if is_complete(prediction_url):
+                logger.info("infer: %s already done, skipped", observation.observation_id)
+                continue
+            # NOTE: blocks that the manifest lists as done are still skipped,
+            # so chunks deleted by hand are not rewritten. A run with
+            # --no-resume rewrites them.
+            logger.info("infer: %s is in the manifest, but its prediction store %s is not complete; resuming",
+                        observation.observation_id, prediction_url)
 
         def report(done: int, total: int, _obs: str = observation.observation_id) -> None:
             if progress:
@@ -203,7 +210,7 @@ def _infer(
         result = run_inference(
             client,
             plan.cube_url(observation),
-            plan.prediction_url(observation),
+            prediction_url,
             [plan.card_paths[product] for product in plan.cards],
             options,
             manifest_url=plan.job.output_root if plan.job.resume else None,

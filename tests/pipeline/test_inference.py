@@ -368,6 +368,50 @@ def test_malformed_cubes_rejected(client, cube, tmp_path):
     assert not (tmp_path / "p.zarr").exists()
 
 
+def test_cube_that_is_array_or_corrupt_rejected(client, tmp_path):
+    zarr.create_array(tmp_path / "array.zarr", shape=(2, 4, 4), dtype="int16")
+    with pytest.raises(ValueError, match="is a Zarr array, not an input cube; pass the cube's folder"):
+        run_inference(client, str(tmp_path / "array.zarr"), str(tmp_path / "p.zarr"), [PointwiseCard()], OPTIONS)
+
+    (tmp_path / "corrupt.zarr").mkdir()
+    (tmp_path / "corrupt.zarr" / "zarr.json").write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt.zarr' has invalid Zarr metadata .* run the ingest stage again"):
+        run_inference(client, str(tmp_path / "corrupt.zarr"), str(tmp_path / "p.zarr"), [PointwiseCard()], OPTIONS)
+
+
+def test_bad_prediction_paths_rejected(client, cube, tmp_path):
+    cases = {
+        cube: "would overwrite the input cube",
+        str(Path(cube) / "predictions.zarr"): "would overwrite the input cube",
+        str(tmp_path / "file.zarr"): "is a file, not a folder",
+        str(tmp_path / "v2.zarr"): "is a Zarr format 2 store; delete it or pass another output path",
+        str(tmp_path / "array.zarr"): "is a Zarr array, not a group; delete it or pass another output path",
+    }
+    (tmp_path / "file.zarr").write_text("not a store")
+    zarr.open_group(tmp_path / "v2.zarr", mode="w", zarr_format=2)
+    zarr.create_array(tmp_path / "array.zarr", shape=(4, 4), dtype="uint8")
+    before = sorted(path.name for path in Path(cube).iterdir())
+
+    for url, message in cases.items():
+        with pytest.raises(ValueError, match=message):
+            run_inference(client, cube, url, [PointwiseCard()], OPTIONS)
+
+    assert sorted(path.name for path in Path(cube).iterdir()) == before
+    assert not is_complete(cube)
+
+
+def test_rejected_rerun_keeps_store_complete(client, cube, tmp_path):
+    url = str(tmp_path / "obs-1.zarr")
+    run_inference(client, cube, url, [PointwiseCard()], OPTIONS)
+    assert is_complete(url)
+
+    other = write_cube(tmp_path / "other.zarr", scene_values(40, 30, seed=1), chunk_px=32)
+    with pytest.raises(ValueError, match="has 'landcover_probability' of shape .* expected .* delete the store"):
+        run_inference(client, other, url, [PointwiseCard()], OPTIONS)
+
+    assert is_complete(url)
+
+
 def test_unwritten_chunks_read_as_nodata(cube, tmp_path):
     # The store's fill value is the nodata value, so a block never written reads as nodata.
     from pipeline.prediction_store import create_prediction_store, open_cube

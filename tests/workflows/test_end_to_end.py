@@ -24,7 +24,7 @@ from PIL import Image
 
 from catalog import build_local_catalog
 from pipeline import layout
-from pipeline.completion import is_complete
+from pipeline.completion import clear_complete, is_complete
 from pipeline.stores import open_dataset
 from workflows.jobspec import JobSpec, load_job
 from workflows.plan import make_plan
@@ -286,6 +286,20 @@ def test_resume_skips_finished_run(finished_run, tmp_path):
     assert summary.resumed_stages == ["mosaic"]
     assert is_complete(summary.outputs["mosaic"])
     assert Path(summary.outputs["landcover_quicklook"]).is_file()
+
+
+def test_resume_completes_incomplete_prediction_store(finished_run, tmp_path):
+    output = copy_run(finished_run, tmp_path)
+    observation = make_plan(load_job(write_job(tmp_path, output))).observations[0].cube_name
+    predictions = output / layout.PREDICTIONS_DIR / observation
+    clear_complete(str(predictions))
+
+    run_job(load_job(write_job(tmp_path, output)))
+
+    assert is_complete(str(predictions))
+    reference_job, _ = finished_run
+    theirs = Path(reference_job.output_root) / layout.PREDICTIONS_DIR / observation
+    assert layer_bytes(str(predictions)) == layer_bytes(str(theirs))
 
 
 def test_no_resume_forgets_earlier_run(finished_run, tmp_path):
