@@ -51,12 +51,13 @@ class _Bars:
     def __call__(self, stage: str, done: int, total: int) -> None:
         bar = self._bars.get(stage)
         if bar is None:
+            # The first report starts the bar at its count, so tqdm's rate
+            # covers only the steps after it, not a step done in no time.
             unit = "block" if stage.startswith("infer") else "observation"
-            bar = self._tqdm(total=total, desc=stage, unit=unit, file=sys.stderr, dynamic_ncols=True)
+            bar = self._tqdm(total=total, initial=done, desc=stage, unit=unit, file=sys.stderr, dynamic_ncols=True)
             self._bars[stage] = bar
         bar.total = total
-        bar.n = done
-        bar.refresh()
+        bar.update(done - bar.n)
         if done >= total:
             bar.close()
 
@@ -248,9 +249,31 @@ def export_cog(store: str, out_dir: Path | None) -> None:
 
 
 def _require_store(store: str) -> None:
-    """Reject a local store path that does not exist, before anything is written."""
-    if "://" not in store and not Path(store).exists():
+    """Reject a local store path that does not exist or is no Zarr v3 group, before anything is written."""
+    if "://" in store:
+        return
+    if not Path(store).exists():
         raise FileNotFoundError(f"store {store!r} not found; pass the path of a mosaic, e.g. outputs/<job>/mosaic.zarr")
+    import zarr
+
+    from pipeline.stores import zarr_store
+
+    try:
+        group = zarr.open_group(zarr_store(store, "r"), mode="r")
+    except zarr.errors.GroupNotFoundError as error:
+        raise click.UsageError(
+            f"{store!r} is not a Zarr store (no group metadata); pass the path of a mosaic, e.g. "
+            "outputs/<job>/mosaic.zarr"
+        ) from error
+    except zarr.errors.ContainsArrayError as error:
+        raise click.UsageError(
+            f"{store!r} is a Zarr array, not a store of the pipeline; pass the folder of a mosaic, prediction store "
+            "or input cube"
+        ) from error
+    if group.metadata.zarr_format != 3:
+        raise click.UsageError(
+            f"{store!r} is a Zarr format {group.metadata.zarr_format} store; the pipeline writes and reads Zarr v3"
+        )
 
 
 def _default_export_dir(store: str) -> Path:

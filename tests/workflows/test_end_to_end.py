@@ -20,12 +20,15 @@ import pytest
 import rasterio
 import xarray as xr
 import yaml
+import zarr
+from click.testing import CliRunner
 from PIL import Image
 
 from catalog import build_local_catalog
 from pipeline import layout
 from pipeline.completion import clear_complete, is_complete
 from pipeline.stores import open_dataset
+from workflows.cli import cli
 from workflows.jobspec import JobSpec, load_job
 from workflows.plan import make_plan
 from workflows.run import run_job
@@ -219,6 +222,21 @@ def test_cli_dry_run_and_inspect(finished_run, tmp_path):
     assert inspect.returncode == 0, inspect.stderr
     assert "complete    True" in inspect.stdout
     assert "land cover class shares:" in inspect.stdout
+
+
+def test_cli_inspect_rejects_non_stores(tmp_path):
+    (tmp_path / "empty").mkdir()
+    zarr.open_group(tmp_path / "v2.zarr", mode="w", zarr_format=2)
+    zarr.create_array(tmp_path / "array.zarr", shape=(2,), dtype="uint8")
+    cases = {
+        "empty": "is not a Zarr store (no group metadata); pass the path of a mosaic",
+        "v2.zarr": "is a Zarr format 2 store; the pipeline writes and reads Zarr v3",
+        "array.zarr": "is a Zarr array, not a store of the pipeline",
+    }
+    for name, message in cases.items():
+        result = CliRunner().invoke(cli, ["inspect", str(tmp_path / name)])
+        assert result.exit_code == 2, name
+        assert message in " ".join(result.output.split()), name
 
 
 def test_cli_bad_job_exits_nonzero(tmp_path):
