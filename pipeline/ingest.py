@@ -32,10 +32,11 @@ from odc.geo.geobox import GeoBox
 
 from catalog.scene import BandInfo, SceneDescription
 from pipeline import layout
+from pipeline.completion import mark_complete
 from pipeline.grid import footprint_in_crs
 from pipeline.observations import SAME_PASS_GAP, group_observations, observation_id_of
 from pipeline.reading import ResamplingName, RetryPolicy, SkippedScene, check_scenes, read_band
-from pipeline.stores import prepare_encoding, set_grid_metadata, zarr_store
+from pipeline.stores import prepare_encoding, set_grid_metadata, storage_options_from_env, zarr_store
 
 if TYPE_CHECKING:
     import distributed
@@ -362,7 +363,8 @@ def write_input_cube(
     Returns
     -------
     str
-        ``url``.
+        ``url``. The store carries a completion record
+        (:func:`pipeline.completion.is_complete`) once all chunks are written.
     """
     if layout.REFLECTANCE_VAR not in ds:
         raise ValueError(f"dataset has no {layout.REFLECTANCE_VAR!r} variable; build it with load_observation")
@@ -379,6 +381,10 @@ def write_input_cube(
         client.compute(delayed).result()
     else:
         delayed.compute()
+    # to_zarr with mode "w" replaced any earlier record, so a cube left by a
+    # failed write reads as incomplete.
+    options = storage_options_from_env(url) if storage_options is None else storage_options
+    mark_complete(url, {"stage": "ingest", "observation_id": ds.attrs.get("observation_id")}, options)
     logger.info("wrote input cube %s (%s)", url, ds.attrs.get("observation_id"))
     return url
 

@@ -14,6 +14,7 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from pipeline import layout
+from pipeline.completion import is_complete
 from pipeline.grid import plan_grid
 from pipeline.ingest import (
     decode_reflectance,
@@ -260,6 +261,7 @@ def test_input_cube_round_trip_local(l2a_scene, l2a_dir, tmp_path):
     returned = write_input_cube(ds, url)
 
     assert returned == url
+    assert is_complete(url)
     back = open_dataset(url)
     assert back[layout.REFLECTANCE_VAR].dtype == np.int16
     assert back["SCL"].dtype == np.uint8
@@ -292,6 +294,7 @@ def test_input_cube_written_by_cluster_workers(l1c_scene, cluster_client, s3_buc
     store_tasks = [task for task in stream.data if str(task["key"]).startswith("('store-map")]
     assert len(store_tasks) == 4 * 4  # one per 128 px block of the 510 x 510 px grid
     assert {task["worker"] for task in store_tasks} <= workers
+    assert is_complete(url)
     back = open_dataset(url)
     assert back.rio.crs.to_epsg() == 32618
     assert tuple(back.rio.transform())[:6] == tuple(geobox.affine)[:6]
