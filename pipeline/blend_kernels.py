@@ -162,7 +162,7 @@ def blend_tile(logits, window, logit_sum, weight_sum, written, row0, col0, heigh
     logit_sum, weight_sum
         int32 ``(classes, H, W)`` and ``(H, W)`` sums, updated in place.
     written
-        Columns at the start of each row of the sums that hold values, updated
+        Columns at the start of each row of the sums that contain values, updated
         in place. Further right the sums are undefined until a tile writes
         them or :func:`zero_unwritten` runs, so the sums need no zeroing first.
     row0, col0

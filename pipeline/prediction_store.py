@@ -9,7 +9,6 @@ fill it region by region.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -19,7 +18,15 @@ import numpy as np
 import zarr
 
 from pipeline import layout
-from pipeline.stores import SPATIAL_REF, is_remote, stage_compressors, storage_options_from_env, zarr_store
+from pipeline.stores import (
+    SPATIAL_REF,
+    is_remote,
+    local_path,
+    open_v3_group,
+    stage_compressors,
+    storage_options_from_env,
+    zarr_store,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,28 +61,15 @@ def open_cube(url: str) -> OpenedCube:
     FileNotFoundError
         If there is no Zarr store at ``url``.
     ValueError
-        If the store is not a Zarr v3 group, has invalid metadata, or lacks the
+        If ``url`` is not a Zarr v3 group, has invalid metadata, or lacks the
         ``reflectance`` variable, its ``wavelength_um`` coordinate or a
         ``gsd_m`` attribute.
     """
     from pipeline.blocks import CubeInfo
 
     options = storage_options_from_env(url)
-    try:
-        group = zarr.open_group(zarr_store(url, "r", storage_options=options), mode="r")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as error:
-        raise FileNotFoundError(f"no input cube at {url!r}; run the ingest stage first") from error
-    except zarr.errors.ContainsArrayError as error:
-        raise ValueError(
-            f"{url!r} is a Zarr array, not an input cube; pass the cube's folder (<output>/inputs/<observation>.zarr)"
-        ) from error
-    except json.JSONDecodeError as error:
-        raise ValueError(f"input cube {url!r} has invalid Zarr metadata ({error}); run the ingest stage again") from error
-    if group.metadata.zarr_format != 3:
-        raise ValueError(
-            f"input cube {url!r} is a Zarr format {group.metadata.zarr_format} store; the pipeline reads Zarr v3 "
-            "cubes, so run the ingest stage again to write one"
-        )
+    fix = "run the ingest stage to write it, or pass the folder it writes (<output>/inputs/<observation>.zarr)"
+    group = open_v3_group(url, "input cube", fix, storage_options=options)
     if layout.REFLECTANCE_VAR not in group:
         raise ValueError(
             f"input cube {url!r} has no {layout.REFLECTANCE_VAR!r} variable; variables present: "
@@ -158,7 +152,7 @@ def _same_or_inside(url: str, other: str) -> bool:
     if is_remote(url):
         path, root = url.rstrip("/"), other.rstrip("/")
         return path == root or path.startswith(root + "/")
-    path, root = os.path.realpath(url.removeprefix("file://")), os.path.realpath(other.removeprefix("file://"))
+    path, root = os.path.realpath(local_path(url)), os.path.realpath(local_path(other))
     return path == root or path.startswith(root + os.sep)
 
 
@@ -168,24 +162,38 @@ def _existing_shapes(url: str, options: dict[str, Any]) -> dict[str, tuple[int, 
     Raises
     ------
     ValueError
-        If ``url`` is a file, a Zarr array or a Zarr v2 store.
+        If ``url`` is a file, a Zarr array or a Zarr v2 store, or has invalid metadata.
     """
-    if not is_remote(url) and os.path.isfile(url.removeprefix("file://")):
-        raise ValueError(f"prediction store {url!r} is a file, not a folder; pass another output path")
     try:
-        existing = zarr.open_group(zarr_store(url, "r", storage_options=options), mode="r")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        existing = open_v3_group(url, "prediction store", "delete it or pass another output path", storage_options=options)
+    except FileNotFoundError:
         return None
-    except zarr.errors.ContainsArrayError as error:
-        raise ValueError(
-            f"prediction store {url!r} is a Zarr array, not a group; delete it or pass another output path"
-        ) from error
-    if existing.metadata.zarr_format != 3:
-        raise ValueError(
-            f"prediction store {url!r} is a Zarr format {existing.metadata.zarr_format} store; "
-            "delete it or pass another output path"
-        )
     return {name: tuple(existing[name].shape) for name in existing.array_keys()}
+
+
+def _shape(dims: tuple[str, ...], chunks: tuple[int, ...], height: int, width: int) -> tuple[int, ...]:
+    return (chunks[0], height, width) if len(dims) == 3 else (height, width)
+
+
+def _checked_store(cube: OpenedCube, url: str, jobs: Sequence[Any], chunk_px: int) -> dict[str, tuple[int, ...]] | None:
+    """Check that ``url`` can take the prediction store for ``jobs``; return the shapes of its arrays, if it exists."""
+    if _same_or_inside(url, cube.info.url):
+        raise ValueError(
+            f"prediction store {url!r} would overwrite the input cube {cube.info.url!r}; pass another output path"
+        )
+    present = _existing_shapes(url, dict(cube.storage_options))
+    if present is None:
+        return None
+    height, width = cube.info.height, cube.info.width
+    for job in jobs:
+        for name, (dims, chunks) in _variables(job, height, width, chunk_px).items():
+            shape = _shape(dims, chunks, height, width)
+            if name in present and present[name] != shape:
+                raise ValueError(
+                    f"prediction store {url!r} has {name!r} of shape {present[name]}, expected {shape}; "
+                    "delete the store (or pass another output) to start over"
+                )
+    return present
 
 
 def check_prediction_store(cube: OpenedCube, url: str, jobs: Sequence[Any], chunk_px: int) -> None:
@@ -198,27 +206,7 @@ def check_prediction_store(cube: OpenedCube, url: str, jobs: Sequence[Any], chun
         array or a Zarr v2 store, or has a variable of another shape than the
         cube's grid gives.
     """
-    if _same_or_inside(url, cube.info.url):
-        raise ValueError(
-            f"prediction store {url!r} would overwrite the input cube {cube.info.url!r}; pass another output path"
-        )
-    present = _existing_shapes(url, dict(cube.storage_options))
-    if present is None:
-        return
-    for name, shape in _shapes(jobs, cube.info.height, cube.info.width, chunk_px).items():
-        if name in present and present[name] != shape:
-            raise ValueError(
-                f"prediction store {url!r} has {name!r} of shape {present[name]}, expected {shape}; "
-                "delete the store (or pass another output) to start over"
-            )
-
-
-def _shapes(jobs: Sequence[Any], height: int, width: int, chunk_px: int) -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    for job in jobs:
-        for name, (dims, chunks) in _variables(job, height, width, chunk_px).items():
-            shapes[name] = (chunks[0], height, width) if len(dims) == 3 else (height, width)
-    return shapes
+    _checked_store(cube, url, jobs, chunk_px)
 
 
 def create_prediction_store(cube: OpenedCube, url: str, jobs: Sequence[Any], chunk_px: int) -> None:
@@ -236,8 +224,7 @@ def create_prediction_store(cube: OpenedCube, url: str, jobs: Sequence[Any], chu
     height, width = cube.info.height, cube.info.width
     options = dict(cube.storage_options)
 
-    check_prediction_store(cube, url, jobs, chunk_px)
-    present = _existing_shapes(url, options)
+    present = _checked_store(cube, url, jobs, chunk_px)
 
     without_probabilities = any(
         job.card.task == "landcover" and not getattr(job, "probabilities", True) for job in jobs
@@ -253,8 +240,7 @@ def create_prediction_store(cube: OpenedCube, url: str, jobs: Sequence[Any], chu
     for job in jobs:
         for name, (dims, chunks) in _variables(job, height, width, chunk_px).items():
             if present is None or name not in present:
-                shape = (chunks[0], height, width) if len(dims) == 3 else (height, width)
-                variables[name] = (job, dims, chunks, shape)
+                variables[name] = (job, dims, chunks, _shape(dims, chunks, height, width))
 
     if variables:
         # zarr alone writes the same metadata and coordinates as xarray's

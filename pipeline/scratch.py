@@ -6,8 +6,7 @@ of 32 MiB and more (``MALLOC_MMAP_THRESHOLD_`` in the worker processes,
 :mod:`cluster.environment`) with fresh mappings, whose pages the kernel zeroes
 on first touch, and unmaps them again on free. On a 2-vCPU VM the first
 touch of the 59 MB of sums of a 1024 px block took about 11 ms, as long as
-blending the block's 36 tiles into them. Filling a reused buffer with zeros
-takes about 3 ms.
+blending the block's 36 tiles into them.
 
 An :class:`ArrayPool` keeps such buffers and hands one out again once no array
 uses it any more. Whether an array uses a buffer is read from the buffer's
@@ -93,12 +92,6 @@ class ArrayPool:
             for index in sorted(surplus, reverse=True):
                 del self._buffers[index]
             return array
-
-    def zeros(self, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
-        """Return an array of zeros, as :func:`numpy.zeros`."""
-        array = self.empty(shape, dtype)
-        array.fill(0)
-        return array
 
     @property
     def nbytes(self) -> int:

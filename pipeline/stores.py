@@ -17,6 +17,7 @@ libraries read them, and this module never reads, stores or logs them.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import posixpath
@@ -58,7 +59,8 @@ def is_remote(url: str) -> bool:
     return "://" in url and not url.startswith("file://")
 
 
-def _local_path(url: str) -> str:
+def local_path(url: str) -> str:
+    """Return the file-system path of a local store URL (a plain path or ``file://``)."""
     return url.removeprefix("file://")
 
 
@@ -118,13 +120,42 @@ def zarr_store(
     """
     read_only = mode == "r"
     if not is_remote(url):
-        path = _local_path(url)
+        path = local_path(url)
         if read_only and not os.path.exists(path):
             raise FileNotFoundError(f"no Zarr store at {path!r}; write it first or check the path")
         return zarr.storage.LocalStore(path, read_only=read_only)
 
     options = storage_options_from_env(url) if storage_options is None else storage_options
     return zarr.storage.FsspecStore.from_url(url, storage_options=options, read_only=read_only)
+
+
+def open_v3_group(url: str, kind: str, fix: str, *, storage_options: dict[str, Any] | None = None) -> zarr.Group:
+    """Open the Zarr v3 group at ``url`` read-only, with errors that name ``kind`` (e.g. "input cube") and ``fix``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is nothing at ``url``.
+    ValueError
+        If ``url`` is a file, a Zarr array or a Zarr v2 store, or its
+        metadata is not valid JSON.
+    """
+    if not is_remote(url) and os.path.isfile(local_path(url)):
+        raise ValueError(f"{kind} {url!r} is a file, not a Zarr store; {fix}")
+    try:
+        group = zarr.open_group(zarr_store(url, "r", storage_options=storage_options), mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as error:
+        raise FileNotFoundError(f"no {kind} at {url!r}; {fix}") from error
+    except zarr.errors.ContainsArrayError as error:
+        raise ValueError(f"{kind} {url!r} is a Zarr array, not a group; {fix}") from error
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{kind} {url!r} has invalid Zarr metadata ({error}); {fix}") from error
+    if group.metadata.zarr_format != 3:
+        raise ValueError(
+            f"{kind} {url!r} is a Zarr format {group.metadata.zarr_format} store, and the pipeline reads "
+            f"Zarr v3; {fix}"
+        )
+    return group
 
 
 def fsspec_mapper(url: str, *, storage_options: dict[str, Any] | None = None):

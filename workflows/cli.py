@@ -249,31 +249,16 @@ def export_cog(store: str, out_dir: Path | None) -> None:
 
 
 def _require_store(store: str) -> None:
-    """Reject a local store path that does not exist or is no Zarr v3 group, before anything is written."""
+    """Reject a local path that is no Zarr v3 store of the pipeline, before anything is written."""
     if "://" in store:
         return
-    if not Path(store).exists():
-        raise FileNotFoundError(f"store {store!r} not found; pass the path of a mosaic, e.g. outputs/<job>/mosaic.zarr")
-    import zarr
+    from pipeline.stores import open_v3_group
 
-    from pipeline.stores import zarr_store
-
+    fix = "pass the folder of a mosaic, prediction store or input cube, e.g. outputs/<job>/mosaic.zarr"
     try:
-        group = zarr.open_group(zarr_store(store, "r"), mode="r")
-    except zarr.errors.GroupNotFoundError as error:
-        raise click.UsageError(
-            f"{store!r} is not a Zarr store (no group metadata); pass the path of a mosaic, e.g. "
-            "outputs/<job>/mosaic.zarr"
-        ) from error
-    except zarr.errors.ContainsArrayError as error:
-        raise click.UsageError(
-            f"{store!r} is a Zarr array, not a store of the pipeline; pass the folder of a mosaic, prediction store "
-            "or input cube"
-        ) from error
-    if group.metadata.zarr_format != 3:
-        raise click.UsageError(
-            f"{store!r} is a Zarr format {group.metadata.zarr_format} store; the pipeline writes and reads Zarr v3"
-        )
+        open_v3_group(store, "store", fix)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from error
 
 
 def _default_export_dir(store: str) -> Path:

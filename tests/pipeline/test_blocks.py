@@ -124,20 +124,20 @@ def test_sums_independent_of_tile_order_and_gaps(garbage_buffers, seed):
     rng = np.random.default_rng(seed)
     window = blend_window(16, 4).astype(np.int32)
     tiles = [Tile(row, col, 12 * row, 12 * col) for row in range(3) for col in range(3)]
-    kept = [tile for tile in tiles if rng.random() < 0.7]
-    logits = {tile: rng.normal(size=(3, 16, 16)).astype(np.float32) * 6 for tile in kept}
+    added_tiles = [tile for tile in tiles if rng.random() < 0.7]
+    logits = {tile: rng.normal(size=(3, 16, 16)).astype(np.float32) * 6 for tile in added_tiles}
 
     expected_logits = np.zeros((3, 40, 40), np.int64)
     expected_weights = np.zeros((40, 40), np.int64)
-    for tile in kept:
+    for tile in added_tiles:
         alone = BlendAccumulator((0, 40, 0, 40), window, "test")
         alone.add(tile, logits[tile], (40, 40))
         expected_logits += alone.logit_sum
         expected_weights += alone.weight_sum
 
     accumulator = BlendAccumulator((0, 40, 0, 40), window, "test")
-    for index in rng.permutation(len(kept)):
-        accumulator.add(kept[index], logits[kept[index]], (40, 40))
+    for index in rng.permutation(len(added_tiles)):
+        accumulator.add(added_tiles[index], logits[added_tiles[index]], (40, 40))
 
     assert np.array_equal(accumulator.weight_sum, expected_weights)
     assert np.array_equal(accumulator.logit_sum, expected_logits)

@@ -352,7 +352,7 @@ def test_missing_cube_rejected(client, tmp_path):
 def test_malformed_cubes_rejected(client, cube, tmp_path):
     version_2 = zarr.open_group(tmp_path / "v2.zarr", mode="w", zarr_format=2)
     version_2.create_array(layout.REFLECTANCE_VAR, shape=(2, 4, 4), dtype="int16")
-    with pytest.raises(ValueError, match="Zarr format 2 store; .* run the ingest stage again"):
+    with pytest.raises(ValueError, match="Zarr format 2 store, and the pipeline reads Zarr v3; run the ingest stage"):
         run_inference(client, str(tmp_path / "v2.zarr"), str(tmp_path / "p.zarr"), [PointwiseCard()], OPTIONS)
 
     no_reflectance = zarr.open_group(tmp_path / "empty.zarr", mode="w", zarr_format=3)
@@ -370,12 +370,12 @@ def test_malformed_cubes_rejected(client, cube, tmp_path):
 
 def test_cube_that_is_array_or_corrupt_rejected(client, tmp_path):
     zarr.create_array(tmp_path / "array.zarr", shape=(2, 4, 4), dtype="int16")
-    with pytest.raises(ValueError, match="is a Zarr array, not an input cube; pass the cube's folder"):
+    with pytest.raises(ValueError, match="is a Zarr array, not a group; run the ingest stage .* or pass the folder it writes"):
         run_inference(client, str(tmp_path / "array.zarr"), str(tmp_path / "p.zarr"), [PointwiseCard()], OPTIONS)
 
     (tmp_path / "corrupt.zarr").mkdir()
     (tmp_path / "corrupt.zarr" / "zarr.json").write_text("{not json")
-    with pytest.raises(ValueError, match="corrupt.zarr' has invalid Zarr metadata .* run the ingest stage again"):
+    with pytest.raises(ValueError, match="corrupt.zarr' has invalid Zarr metadata .*; run the ingest stage"):
         run_inference(client, str(tmp_path / "corrupt.zarr"), str(tmp_path / "p.zarr"), [PointwiseCard()], OPTIONS)
 
 
@@ -383,8 +383,8 @@ def test_bad_prediction_paths_rejected(client, cube, tmp_path):
     cases = {
         cube: "would overwrite the input cube",
         str(Path(cube) / "predictions.zarr"): "would overwrite the input cube",
-        str(tmp_path / "file.zarr"): "is a file, not a folder",
-        str(tmp_path / "v2.zarr"): "is a Zarr format 2 store; delete it or pass another output path",
+        str(tmp_path / "file.zarr"): "is a file, not a Zarr store",
+        str(tmp_path / "v2.zarr"): "is a Zarr format 2 store, and the pipeline reads Zarr v3; delete it or pass another output path",
         str(tmp_path / "array.zarr"): "is a Zarr array, not a group; delete it or pass another output path",
     }
     (tmp_path / "file.zarr").write_text("not a store")

@@ -24,7 +24,7 @@ def _read(url: str) -> dict[str, np.ndarray]:
         return {name: dataset[name].values for name in dataset.data_vars}
 
 
-def test_s3_cube_to_s3_store_same_bytes_as_local(cluster_client, s3_bucket, tmp_path):
+def test_s3_stores_match_local_bytes(cluster_client, s3_bucket, tmp_path):
     values = scene_values(100, 75, seed=5)
     values[:, 70:, :30] = layout.REFLECTANCE_FILL
     local_cube = write_cube(tmp_path / "obs-1.zarr", values, chunk_px=32)

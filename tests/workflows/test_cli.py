@@ -95,5 +95,5 @@ def test_quicklook_missing_store_writes_nothing(tmp_path):
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )
     assert result.returncode == 1
-    assert "store 'nothing.zarr' not found" in result.stderr
+    assert "no store at 'nothing.zarr'" in result.stderr
     assert list(tmp_path.iterdir()) == []

@@ -226,17 +226,20 @@ def test_cli_dry_run_and_inspect(finished_run, tmp_path):
 
 def test_cli_inspect_rejects_non_stores(tmp_path):
     (tmp_path / "empty").mkdir()
+    (tmp_path / "file.zarr").write_text("not a store")
     zarr.open_group(tmp_path / "v2.zarr", mode="w", zarr_format=2)
     zarr.create_array(tmp_path / "array.zarr", shape=(2,), dtype="uint8")
     cases = {
-        "empty": "is not a Zarr store (no group metadata); pass the path of a mosaic",
-        "v2.zarr": "is a Zarr format 2 store; the pipeline writes and reads Zarr v3",
-        "array.zarr": "is a Zarr array, not a store of the pipeline",
+        "empty": (1, "no store at"),
+        "file.zarr": (2, "is a file, not a Zarr store; pass the folder of a mosaic"),
+        "v2.zarr": (2, "is a Zarr format 2 store, and the pipeline reads Zarr v3"),
+        "array.zarr": (2, "is a Zarr array, not a group; pass the folder of a mosaic"),
     }
-    for name, message in cases.items():
+    for name, (exit_code, message) in cases.items():
         result = CliRunner().invoke(cli, ["inspect", str(tmp_path / name)])
-        assert result.exit_code == 2, name
-        assert message in " ".join(result.output.split()), name
+        assert result.exit_code == exit_code, name
+        output = " ".join(result.output.split()) or str(result.exception)
+        assert message in output, name
 
 
 def test_cli_bad_job_exits_nonzero(tmp_path):
