@@ -81,6 +81,13 @@ class PeerModelCard:
         # does not read the batch again, so this works in place.
         return reflectance.mul_(10000.0).round_()
 
+    def stored_input_transform(self, wavelengths_um, stored_scale):
+        # The same conversion for the stage to apply while it cuts tiles: the stored integers as they are.
+        from pipeline.model.scaling import StoredInputTransform
+
+        bands = len(wavelengths_um)
+        return StoredInputTransform((stored_scale * 10000.0,) * bands, (0.0,) * bands, (1.0,) * bands)
+
     def load_model(self, device):
         import model as peer_models
 

@@ -37,20 +37,53 @@ def compile_loop(function):
 
 
 @compile_loop
-def cut_tile(data, nodata, row0, col0, height, width, scale, out):  # pragma: no cover
-    """Write ``data[:, row0:row0 + height, col0:col0 + width] * scale`` as float32 into ``out[:, :height, :width]``.
+def cut_tile(data, nodata, row0, col0, height, width, gain, mean, std, out):  # pragma: no cover
+    """Write ``(data[:, row0:row0 + height, col0:col0 + width] * gain - mean) / std`` as float32 into ``out``.
 
-    ``data`` is integer ``(band, y, x)`` and ``nodata`` bool ``(y, x)``.
-    Nodata pixels become 0. The product is rounded to float32, as in numpy's
-    ``np.multiply(data, np.float32(scale), dtype=np.float32)``.
+    ``data`` is integer ``(band, y, x)``, ``nodata`` bool ``(y, x)`` and
+    ``gain``, ``mean`` and ``std`` float32 with one value per band. Nodata
+    pixels count as 0. Each step is rounded to float32 as in numpy or torch.
+    Where the region is smaller than ``out`` (band, tile, tile), the rest is
+    filled by mirroring it, as ``np.pad(..., mode="symmetric")`` does.
     """
+    zero = np.float32(0.0)
     for band in range(data.shape[0]):
+        scale, offset, divisor = gain[band], mean[band], std[band]
+        standardise = offset != zero or divisor != np.float32(1.0)
         for y in range(height):
             source = data[band, row0 + y, col0: col0 + width]
             invalid = nodata[row0 + y, col0: col0 + width]
             target = out[band, y, :width]
-            for x in range(width):
-                target[x] = np.float32(0.0) if invalid[x] else np.float32(source[x]) * scale
+            if standardise:
+                for x in range(width):
+                    value = zero if invalid[x] else np.float32(source[x])
+                    target[x] = (value * scale - offset) / divisor
+            else:
+                for x in range(width):
+                    target[x] = zero if invalid[x] else np.float32(source[x]) * scale
+    _mirror_pad(out, height, width)
+
+
+@compile_loop
+def _mirrored(index, size):  # pragma: no cover
+    """Return the position that ``index`` (>= 0) takes in a symmetric padding of ``size`` values."""
+    position = index % (2 * size)
+    return position if position < size else 2 * size - 1 - position
+
+
+@compile_loop
+def _mirror_pad(out, height, width):  # pragma: no cover
+    """Fill ``out[:, height:, :]`` and ``out[:, :, width:]`` by mirroring ``out[:, :height, :width]``."""
+    rows, cols = out.shape[1], out.shape[2]
+    if height == rows and width == cols:
+        return
+    for band in range(out.shape[0]):
+        for y in range(height):
+            row = out[band, y]
+            for x in range(width, cols):
+                row[x] = row[_mirrored(x, width)]
+        for y in range(height, rows):
+            out[band, y, :] = out[band, _mirrored(y, height), :]
 
 
 BLEND_OK = 0

@@ -174,37 +174,68 @@ def _nodata_mask(data: np.ndarray, fill: int) -> np.ndarray:
     return (data == fill).any(axis=0)
 
 
-def _cut_tile(data: np.ndarray, nodata: np.ndarray, tile: Tile, origin: tuple[int, int], out: np.ndarray) -> None:
-    """Write one tile of the block data into ``out`` (band, tile, tile) as float32 reflectance.
+@dataclasses.dataclass(frozen=True)
+class _TileInput:
+    """How tiles are cut from stored integers: per band ``(stored * gain - mean) / std`` in float32.
 
-    Nodata pixels become 0; where the tile passes the scene's far edges it
-    is padded by mirroring the scene (symmetric padding).
+    ``prepared`` tells whether that is the model's input already, or
+    reflectance that the card's ``prepare_input`` still converts.
     """
+
+    gain: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    prepared: bool
+
+    @classmethod
+    def for_card(cls, card: Any, wavelengths_um: Sequence[float]) -> _TileInput:
+        """Fold the card's input conversion into the cut where the card can state it per band."""
+        bands = len(wavelengths_um)
+        stated = getattr(card, "stored_input_transform", None)
+        transform = stated(wavelengths_um, layout.REFLECTANCE_SCALE) if stated is not None else None
+        if transform is None:
+            return cls(np.full(bands, layout.REFLECTANCE_SCALE, np.float32), np.zeros(bands, np.float32),
+                       np.ones(bands, np.float32), prepared=False)
+        if len(transform.gain) != bands:
+            raise ValueError(
+                f"card {getattr(card, 'name', '?')!r} states its input conversion for {len(transform.gain)} bands, "
+                f"but the model gets {bands}; fix the card's stored_input_transform"
+            )
+        return cls(np.asarray(transform.gain, np.float32), np.asarray(transform.mean, np.float32),
+                   np.asarray(transform.std, np.float32), prepared=True)
+
+
+def _cut_tile(data: np.ndarray, nodata: np.ndarray, tile: Tile, origin: tuple[int, int], out: np.ndarray,
+              tile_input: _TileInput | None = None) -> None:
+    """Write one tile of the block data into ``out`` (band, tile, tile) as float32.
+
+    Without ``tile_input`` the values are reflectance. Nodata pixels count as
+    reflectance 0; where the tile passes the scene's far edges it is padded
+    by mirroring the scene (symmetric padding).
+    """
+    if tile_input is None:
+        tile_input = _TileInput.for_card(None, [0.0] * data.shape[0])
     tile_px = out.shape[-1]
     height, width = nodata.shape
     rows = slice(tile.y0 - origin[0], min(tile.y0 - origin[0] + tile_px, height))
     cols = slice(tile.x0 - origin[1], min(tile.x0 - origin[1] + tile_px, width))
-    tile_height, tile_width = rows.stop - rows.start, cols.stop - cols.start
-
-    blend_kernels.cut_tile(data, nodata, rows.start, cols.start, tile_height, tile_width,
-                           np.float32(layout.REFLECTANCE_SCALE), out)
-    if (tile_height, tile_width) != (tile_px, tile_px):
-        target = out[:, :tile_height, :tile_width]
-        padding = ((0, 0), (0, tile_px - tile_height), (0, tile_px - tile_width))
-        out[:] = np.pad(target, padding, mode="symmetric")
+    blend_kernels.cut_tile(data, nodata, rows.start, cols.start, rows.stop - rows.start, cols.stop - cols.start,
+                           tile_input.gain, tile_input.mean, tile_input.std, out)
 
 
 def _run_batch(model, card, batch: np.ndarray, wavelengths_um: list[float], patch_px: int,
-               device: torch.device, precision: str) -> torch.Tensor:
+               device: torch.device, precision: str, prepared: bool = False) -> torch.Tensor:
     """Run one batch ``(B, band, tile, tile)`` and return its float32 logits on the CPU.
 
-    The card's ``prepare_input`` may change the tensor it gets in place: on
-    CPU that is ``batch`` itself, which the caller cuts anew for each call.
+    Unless the batch is ``prepared`` (the model's input already), the card's
+    ``prepare_input`` converts it. It may change the tensor it gets in place:
+    on CPU that is ``batch`` itself, which the caller cuts anew for each call.
     """
     inputs = torch.from_numpy(batch).to(device)
     with torch.inference_mode(), autocast(device, precision):
-        prepared = card.prepare_input(inputs, wavelengths_um)
-        logits = model(prepared, wavelengths_um=wavelengths_um, patch_size=patch_px)
+        if not prepared:
+            inputs = card.prepare_input(inputs, wavelengths_um)
+        logits = model(inputs, wavelengths_um=wavelengths_um, patch_size=patch_px)
         return logits.float().cpu()
 
 
@@ -356,6 +387,7 @@ def predict_block(job: CardJob, block: Block, data: np.ndarray, cube: CubeInfo) 
 
     device = _device()
     model = model_for(job.card, job.fingerprint, device)
+    tile_input = _TileInput.for_card(job.card, wavelengths_um)
     window = blend_window(tile_px, plan.grid.overlap_px)
     accumulator = BlendAccumulator(footprint, window, getattr(job.card, "name", "?"))
     batch_size = max(2, job.batch_size)
@@ -370,7 +402,7 @@ def predict_block(job: CardJob, block: Block, data: np.ndarray, cube: CubeInfo) 
         batches = -(-remaining // batch_size)
         chunk = tiles[start: start + -(-remaining // batches)]
         for index, tile in enumerate(chunk):
-            _cut_tile(data, nodata, tile, (y0, x0), buffer[index])
+            _cut_tile(data, nodata, tile, (y0, x0), buffer[index], tile_input)
         count = len(chunk)
         if count == 1 and not single_tiles:
             buffer[1] = buffer[0]
@@ -382,7 +414,7 @@ def predict_block(job: CardJob, block: Block, data: np.ndarray, cube: CubeInfo) 
             started = time.perf_counter()
             try:
                 logits = _run_batch(model, job.card, buffer[:count], wavelengths_um, job.patch_px, device,
-                                    job.precision)
+                                    job.precision, tile_input.prepared)
             except torch.cuda.OutOfMemoryError:
                 if single_tiles:
                     raise

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from pipeline.model.config import HeadType, ModelConfig
 from pipeline.model.presets import MODEL_PRESETS, preset_config
-from pipeline.model.scaling import InputScaling
+from pipeline.model.scaling import InputScaling, StoredInputTransform
 from pipeline.model.validation import validate_wavelengths
 
 Task = Literal["landcover", "cloud", "classification"]
@@ -179,6 +179,17 @@ class ModelCard(BaseModel):
         if reflectance.dim() != 4:
             raise ValueError(f"reflectance must have shape (B, C, H, W), got {tuple(reflectance.shape)}.")
         return self.input_scaling.apply(reflectance.float(), wavelengths_um)
+
+    def stored_input_transform(
+        self, wavelengths_um: Sequence[float], stored_scale: float
+    ) -> StoredInputTransform | None:
+        """Return :meth:`prepare_input` as one affine step per band on stored integers, if it is one.
+
+        ``stored_scale`` converts the stored integers to reflectance. ``None``
+        means the inference stage must call :meth:`prepare_input` on each batch.
+        """
+        validate_wavelengths(wavelengths_um)
+        return self.input_scaling.stored_transform(wavelengths_um, stored_scale)
 
     def fingerprint(self) -> str:
         """Return a SHA-256 hex digest of the card's content and the checkpoint's bytes."""

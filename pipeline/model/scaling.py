@@ -14,6 +14,7 @@ Statistics are matched to input bands by centre wavelength.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Sequence
 from typing import Annotated, Literal
@@ -34,6 +35,29 @@ TCI_MAX_REFLECTANCE = 0.2
 # Non-TCI bands of DOFA's Sentinel-2 pretraining data: DN / 32, clipped to 0-255.
 DOFA_DN_DIVISOR = 32.0
 REFLECTANCE_TO_DN = 10000.0
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredInputTransform:
+    """A card's input conversion written as one affine step per band on stored integers.
+
+    The model input of band ``b`` is ``(stored * gain[b] - mean[b]) / std[b]``,
+    computed in float32 in that order, where ``stored`` is the integer that a
+    cube stores for the band's reflectance. The inference stage applies it
+    while it cuts tiles from a block, instead of a pass of the card's
+    ``prepare_input`` over each batch, and gets the same bits.
+    """
+
+    gain: tuple[float, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not len(self.gain) == len(self.mean) == len(self.std):
+            raise ValueError(
+                f"gain, mean and std need one value per band, got {len(self.gain)}, {len(self.mean)} "
+                f"and {len(self.std)}"
+            )
 
 
 class BandStats(BaseModel):
@@ -99,6 +123,14 @@ class ReflectanceScaling(_Standardised):
         """Convert reflectance ``(B, C, H, W)`` to the model's input space."""
         return self._standardise(reflectance, wavelengths_um)
 
+    def stored_transform(self, wavelengths_um: Sequence[float], stored_scale: float) -> StoredInputTransform:
+        """Return :meth:`apply` for integers that store reflectance as ``stored * stored_scale``."""
+        bands = len(wavelengths_um)
+        stats = self.band_stats(wavelengths_um)
+        mean, std = ((0.0,) * bands, (1.0,) * bands) if stats is None else (
+            tuple(stats[0].tolist()), tuple(stats[1].tolist()))
+        return StoredInputTransform((stored_scale,) * bands, mean, std)
+
 
 class Dofa8BitScaling(_Standardised):
     """DOFA's Sentinel-2 input space: 8-bit TCI and ``DN / 32`` bands, then per-band mean/std.
@@ -138,6 +170,10 @@ class Dofa8BitScaling(_Standardised):
     def apply(self, reflectance: torch.Tensor, wavelengths_um: Sequence[float]) -> torch.Tensor:
         """Convert reflectance ``(B, C, H, W)`` to the model's input space."""
         return self._standardise(self.to_8bit(reflectance, wavelengths_um), wavelengths_um)
+
+    def stored_transform(self, wavelengths_um: Sequence[float], stored_scale: float) -> None:
+        """Return ``None``: the clipping and the TCI curve are not one affine step."""
+        return None
 
 
 InputScaling = Annotated[ReflectanceScaling | Dofa8BitScaling, Field(discriminator="kind")]

@@ -1,12 +1,18 @@
 """Quantization, blending and output arithmetic of the block tasks."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+import pipeline.model
 from pipeline import blend_kernels, layout, scratch
-from pipeline.blocks import LOGIT_LIMIT, LOGIT_SCALE, BlendAccumulator, _cut_tile
+from pipeline.blocks import LOGIT_LIMIT, LOGIT_SCALE, BlendAccumulator, _cut_tile, _TileInput
+from pipeline.model import load_card
 from pipeline.tiling import BLEND_LEVELS, Tile, blend_window
+
+CARDS_DIR = Path(pipeline.model.__file__).parent / "cards"
 
 
 def quantized(logits: np.ndarray, name: str = "test") -> np.ndarray:
@@ -213,6 +219,64 @@ def test_cut_tile_nodata_and_edges():
     expected[:, nodata[4:7, 5:9]] = 0
     assert np.array_equal(out[:, :3], expected)
     assert np.array_equal(out[:, 3], expected[:, 2])  # the last row, mirrored
+
+
+@pytest.mark.parametrize("height, width", [(1, 1), (1, 8), (3, 2), (5, 7), (8, 3)])
+def test_cut_tile_pads_like_numpy_symmetric(height, width):
+    rng = np.random.default_rng(height * 10 + width)
+    data = rng.integers(0, 10000, size=(2, height, width)).astype(np.int16)
+    nodata = np.zeros((height, width), bool)
+    out = np.full((2, 8, 8), np.nan, np.float32)
+
+    # An 8 px tile over a scene of height x width px: the padding can be wider than the scene.
+    _cut_tile(data, nodata, Tile(0, 0, 0, 0), (0, 0), out)
+
+    reflectance = np.multiply(data, np.float32(layout.REFLECTANCE_SCALE), dtype=np.float32)
+    expected = np.pad(reflectance, ((0, 0), (0, 8 - height), (0, 8 - width)), mode="symmetric")
+    assert np.array_equal(out, expected)
+
+
+def test_folded_conversion_matches_prepare_input():
+    card = load_card(CARDS_DIR / "demo_cloud_tiny_seeded.yaml")
+    waves = [0.443, 0.49, 0.56, 0.665, 0.842, 1.61, 2.19]
+    rng = np.random.default_rng(5)
+    data = rng.integers(-500, 12000, size=(len(waves), 20, 20)).astype(np.int16)
+    nodata = rng.random((20, 20)) < 0.1
+    tile_input = _TileInput.for_card(card, waves)
+    folded = np.empty((len(waves), 16, 16), np.float32)
+    reflectance = np.empty_like(folded)
+
+    _cut_tile(data, nodata, Tile(0, 0, 4, 6), (0, 0), folded, tile_input)
+    _cut_tile(data, nodata, Tile(0, 0, 4, 6), (0, 0), reflectance)
+
+    assert tile_input.prepared
+    prepared = card.prepare_input(torch.from_numpy(reflectance[None]), waves)[0].numpy()
+    assert np.array_equal(folded, prepared)
+    # Nodata pixels are the card's conversion of reflectance 0, not 0.
+    inside = folded[:, :, :14]  # 16 rows and 14 columns lie inside the data; the rest is mirrored
+    assert np.all(inside[:, nodata[4:20, 6:20]] != 0)
+
+
+def test_clipped_scaling_left_to_prepare_input():
+    card = load_card(CARDS_DIR / "tiny_landcover_seeded.yaml")  # dofa-8bit: TCI curve and clipping
+
+    tile_input = _TileInput.for_card(card, [0.49, 0.56, 0.665])
+
+    assert not tile_input.prepared
+    assert np.array_equal(tile_input.gain, np.full(3, layout.REFLECTANCE_SCALE, np.float32))
+
+
+def test_conversion_band_count_mismatch_rejected():
+    class WrongBands:
+        name = "wrong-bands"
+
+        def stored_input_transform(self, wavelengths_um, stored_scale):
+            from pipeline.model.scaling import StoredInputTransform
+
+            return StoredInputTransform((1.0,) * 2, (0.0,) * 2, (1.0,) * 2)
+
+    with pytest.raises(ValueError, match="'wrong-bands' states its input conversion for 2 bands, but the model gets 3"):
+        _TileInput.for_card(WrongBands(), [0.49, 0.56, 0.665])
 
 
 def _numpy_outputs(logit_sum, weight_sum, nodata):
