@@ -188,14 +188,19 @@ class _TileInput:
     prepared: bool
 
     @classmethod
+    def reflectance(cls, bands: int) -> _TileInput:
+        """Cut tiles as reflectance, for the card's ``prepare_input`` to convert."""
+        return cls(np.full(bands, layout.REFLECTANCE_SCALE, np.float32), np.zeros(bands, np.float32),
+                   np.ones(bands, np.float32), prepared=False)
+
+    @classmethod
     def for_card(cls, card: Any, wavelengths_um: Sequence[float]) -> _TileInput:
         """Fold the card's input conversion into the cut where the card can state it per band."""
         bands = len(wavelengths_um)
         stated = getattr(card, "stored_input_transform", None)
         transform = stated(wavelengths_um, layout.REFLECTANCE_SCALE) if stated is not None else None
         if transform is None:
-            return cls(np.full(bands, layout.REFLECTANCE_SCALE, np.float32), np.zeros(bands, np.float32),
-                       np.ones(bands, np.float32), prepared=False)
+            return cls.reflectance(bands)
         if len(transform.gain) != bands:
             raise ValueError(
                 f"card {getattr(card, 'name', '?')!r} states its input conversion for {len(transform.gain)} bands, "
@@ -214,7 +219,7 @@ def _cut_tile(data: np.ndarray, nodata: np.ndarray, tile: Tile, origin: tuple[in
     by mirroring the scene (symmetric padding).
     """
     if tile_input is None:
-        tile_input = _TileInput.for_card(None, [0.0] * data.shape[0])
+        tile_input = _TileInput.reflectance(data.shape[0])
     tile_px = out.shape[-1]
     height, width = nodata.shape
     rows = slice(tile.y0 - origin[0], min(tile.y0 - origin[0] + tile_px, height))
