@@ -189,7 +189,7 @@ class _TileInput:
 
     @classmethod
     def reflectance(cls, bands: int) -> _TileInput:
-        """Cut tiles as reflectance, for the card's ``prepare_input`` to convert."""
+        """Return a cut to reflectance, which the card's ``prepare_input`` then converts."""
         return cls(np.full(bands, layout.REFLECTANCE_SCALE, np.float32), np.zeros(bands, np.float32),
                    np.ones(bands, np.float32), prepared=False)
 
@@ -215,7 +215,7 @@ def _cut_tile(data: np.ndarray, nodata: np.ndarray, tile: Tile, origin: tuple[in
     """Write one tile of the block data into ``out`` (band, tile, tile) as float32.
 
     Without ``tile_input`` the values are reflectance. Nodata pixels count as
-    reflectance 0; where the tile passes the scene's far edges it is padded
+    reflectance 0. Where the tile passes the scene's far edges, it is padded
     by mirroring the scene (symmetric padding).
     """
     if tile_input is None:
