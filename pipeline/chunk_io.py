@@ -27,6 +27,25 @@ import numcodecs
 import numpy as np
 
 
+PARTIAL_SUFFIX = ".partial"
+"""Suffix of the hidden temporary file that a chunk is written to before it is renamed."""
+
+
+def remove_partial_files(store: str | Path) -> int:
+    """Delete the temporary chunk files that killed writers left in a local store, and return their count.
+
+    Call it only while no task writes to the store: a writer's temporary file
+    would be deleted before its rename.
+    """
+    removed = 0
+    for folder, _, names in os.walk(store):
+        for name in names:
+            if name.startswith(".") and name.endswith(PARTIAL_SUFFIX):
+                Path(folder, name).unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
 class ChunkAccess:
     """Whole-chunk reads and writes of one local, unsharded Zarr v3 array."""
 
@@ -90,9 +109,9 @@ class ChunkAccess:
         encoded = values.tobytes() if self._codec is None else self._codec.encode(values)
         path = self._path(index)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # NOTE: a process killed between the write and the rename leaves this
-        # hidden file behind. Reads never open it, but it takes disk space.
-        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+        # A process killed between the write and the rename leaves this hidden
+        # file behind. Reads never open it, and remove_partial_files drops it.
+        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}{PARTIAL_SUFFIX}")
         try:
             with open(temporary, "wb") as file:
                 file.write(encoded)

@@ -44,9 +44,11 @@ from pipeline.blocks import (
     read_block,
     write_block,
 )
+from pipeline.chunk_io import remove_partial_files
 from pipeline.completion import clear_complete, mark_complete
 from pipeline.manifest import Manifest
 from pipeline.prediction_store import check_prediction_store, create_prediction_store, open_cube
+from pipeline.stores import is_remote, local_path
 from pipeline.tiling import Block, choose_patch_size, plan_blocks, tile_grid
 
 logger = logging.getLogger(__name__)
@@ -330,6 +332,11 @@ def run_inference(
         store_ready.result()
     if manifest is not None:
         Manifest.load(manifest_url, dict(cube.storage_options)).save()
+    if not is_remote(prediction_url):
+        # Every write is done, so what is left are files of writers that were killed.
+        removed = remove_partial_files(local_path(prediction_url))
+        if removed:
+            logger.info("%s: removed %d temporary chunk files of killed writers", observation, removed)
 
     report = InferenceReport(tuple(reports), time.perf_counter() - started)
     mark_complete(prediction_url, {

@@ -131,6 +131,21 @@ def test_rerun_resumes_and_gives_same_bytes(client, cube, reference, tmp_path):
     assert (tmp_path / "manifest.json").exists()
 
 
+def test_rerun_removes_stale_partial_files(client, cube, tmp_path):
+    url = tmp_path / "obs-1.zarr"
+    run_inference(client, cube, str(url), [PointwiseCard()], OPTIONS)
+    chunk = next(path for path in (url / layout.LANDCOVER_VAR / "c").rglob("*") if path.is_file())
+    # What a writer killed between writing a chunk and renaming it leaves behind.
+    stale = chunk.with_name(f".{chunk.name}.0123abcd.partial")
+    stale.write_bytes(b"half a chunk")
+
+    run_inference(client, cube, str(url), [PointwiseCard()], OPTIONS)
+
+    assert not stale.exists()
+    assert not list(url.rglob("*.partial"))
+    assert is_complete(str(url))
+
+
 def test_without_probabilities_same_classes_and_confidence(client, cube, reference, tmp_path):
     url = str(tmp_path / "obs-1.zarr")
     labels_only = dataclasses.replace(OPTIONS, class_probabilities=False)
