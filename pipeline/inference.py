@@ -267,6 +267,16 @@ def run_inference(
         Prediction store to create or complete (``<root>/predictions/<obs>.zarr``).
     cards
         Model cards (:class:`pipeline.model.ModelCard` or a card YAML path), at most one per task.
+        Another object works too if it has what the stage reads of a card:
+        ``name``, ``task`` (``"landcover"`` or ``"cloud"``), ``class_names``,
+        ``reference_gsd_m``, ``reference_patch_size``, ``token_grid``,
+        ``fingerprint()``, ``load_model(device)`` and
+        ``prepare_input(reflectance, wavelengths_um)``. Optional:
+        ``wavelengths_um`` (the bands to feed, matched to the cube's) and
+        ``stored_input_transform(wavelengths_um, stored_scale)``, which lets the
+        stage convert the input while it cuts tiles (see
+        :class:`pipeline.model.scaling.StoredInputTransform`). It must pickle,
+        because the block tasks take it to the workers.
     options
         Tiling, batching and precision settings.
     manifest_url
