@@ -15,6 +15,7 @@ Statistics are matched to input bands by centre wavelength.
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Annotated, Literal
@@ -58,6 +59,12 @@ class StoredInputTransform:
                 f"gain, mean and std need one value per band, got {len(self.gain)}, {len(self.mean)} "
                 f"and {len(self.std)}"
             )
+        for name in ("gain", "mean", "std"):
+            values = getattr(self, name)
+            if not all(math.isfinite(value) for value in values):
+                raise ValueError(f"{name} must be finite for every band, got {values}")
+        if not all(value > 0 for value in self.std):
+            raise ValueError(f"std must be positive for every band, got {self.std}")
 
 
 class BandStats(BaseModel):

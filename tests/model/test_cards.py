@@ -12,6 +12,7 @@ import yaml
 import pipeline.model
 from pipeline.model import FlexiMo, ModelCardError, build_model, load_card, load_model, load_model_from_card
 from pipeline.model.cards import ModelCard
+from pipeline.model.scaling import StoredInputTransform
 from pipeline.warnings import FleximoWarning
 
 CARDS_DIR = Path(pipeline.model.__file__).parent / "cards"
@@ -213,3 +214,32 @@ def test_invalid_card_lists_one_line_per_field(tmp_path):
     assert "  task: Input should be 'landcover', 'cloud' or 'classification' (got 'clouds')" in lines
     assert any(line.startswith("  sed: unknown field") for line in lines)
     assert "errors.pydantic.dev" not in str(raised.value)
+
+
+def test_stored_transform_of_reflectance_card() -> None:
+    card = load_card(CARDS_DIR / "demo_cloud_tiny_seeded.yaml")
+
+    transform = card.stored_input_transform([0.492, 0.835], 1e-4)
+
+    assert transform.gain == (1e-4, 1e-4)
+    assert transform.mean == pytest.approx((0.10, 0.24))
+    assert transform.std == pytest.approx((0.08, 0.11))
+
+
+def test_stored_transform_of_dofa_card_is_none() -> None:
+    card = load_card(CARDS_DIR / "tiny_landcover_seeded.yaml")
+
+    assert card.stored_input_transform([0.49, 0.56, 0.665], 1e-4) is None
+
+
+@pytest.mark.parametrize(
+    "gain, mean, std, match",
+    [
+        ((1.0,), (0.0, 0.0), (1.0,), "one value per band, got 1, 2 and 1"),
+        ((1.0,), (float("nan"),), (1.0,), "mean must be finite"),
+        ((1.0,), (0.0,), (0.0,), "std must be positive"),
+    ],
+)
+def test_invalid_stored_transform_rejected(gain, mean, std, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        StoredInputTransform(gain, mean, std)
