@@ -136,6 +136,7 @@ class CardReport:
     tiles_run: int
     tiles_skipped: int
     model_seconds: float
+    tiles_rerun: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +145,8 @@ class InferenceReport:
 
     ``tiles_skipped`` counts tiles that were entirely nodata (no model call);
     ``blocks_skipped`` counts blocks already done in an earlier run.
+    ``tiles_rerun`` counts the tiles of ``tiles_run`` that belong to such
+    blocks: they run again when their edges blend into a block not yet written.
     """
 
     cards: tuple[CardReport, ...]
@@ -164,6 +167,10 @@ class InferenceReport:
     @property
     def tiles_skipped(self) -> int:
         return sum(card.tiles_skipped for card in self.cards)
+
+    @property
+    def tiles_rerun(self) -> int:
+        return sum(card.tiles_rerun for card in self.cards)
 
     @property
     def model_seconds(self) -> float:
@@ -283,7 +290,8 @@ def run_inference(
         Output root or ``manifest.json`` URL. When given, finished blocks are
         recorded there and blocks done in an earlier run are skipped.
     progress
-        Called with ``(blocks finished, blocks total)`` as blocks finish.
+        Called with ``(blocks finished, blocks total)``: once at the start,
+        with the blocks an earlier run finished, then as each block is written.
 
     Returns
     -------
@@ -329,8 +337,13 @@ def run_inference(
     check_prediction_store(cube, prediction_url, jobs, options.chunk_px)
     # A store left by an interrupted rerun must not read as complete.
     clear_complete(prediction_url, storage_options)
-    counter = _Progress(sum(len(job.plan) for job in jobs), progress)
     done = manifest.done_blocks("infer", observation) if manifest else set()
+    # The first report comes now, with the blocks an earlier run finished, so
+    # that a progress bar shows while the first blocks of this run are predicted.
+    counter = _Progress(
+        sum(len(job.plan) for job in jobs), progress,
+        done=sum(f"{job.key}-{block.block_id}" in done for job in jobs for block in job.plan),
+    )
     # The first blocks are read and predicted while this thread creates the
     # store; their writes wait for it.
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prediction-store") as pool:
@@ -360,14 +373,21 @@ def run_inference(
         observation, report.blocks_done, report.blocks_skipped, report.tiles_run, report.tiles_skipped,
         report.seconds,
     )
+    if report.tiles_rerun:
+        logger.info(
+            "%s: %d of the tiles ran again in blocks an earlier run finished, because their edges blend into "
+            "blocks written now", observation, report.tiles_rerun,
+        )
     return report
 
 
 class _Progress:
-    def __init__(self, total: int, callback: Callable[[int, int], None] | None) -> None:
+    def __init__(self, total: int, callback: Callable[[int, int], None] | None, done: int = 0) -> None:
         self.total = total
-        self.done = 0
+        self.done = done
         self.callback = callback
+        if callback is not None:
+            callback(done, total)
 
     def step(self) -> None:
         self.done += 1
@@ -425,7 +445,6 @@ def _run_card(
 
     for index, block in enumerate(blocks):
         if block.block_id in done and block.block_id not in needed:
-            progress.step()
             continue
         submit_pending_writes()
         while len(active) + len(pending_writes) >= max_in_flight:
@@ -451,7 +470,6 @@ def _run_card(
                     key=f"overlap-{name}-{target.block_id}", priority=1 - 2 * index,
                 ))
         if block.block_id in done:
-            progress.step()
             active.add(client.submit(prediction_stats, prediction, key=f"stats-{name}", priority=1 - 2 * index))
         else:
             pending_writes.append((block, prediction, overlaps.pop(block.block_id, []), name, 1 - 2 * index))
@@ -477,4 +495,5 @@ def _run_card(
         tiles_run=sum(result.tiles_run for result in results),
         tiles_skipped=sum(result.tiles_skipped for result in results),
         model_seconds=sum(result.model_seconds for result in results),
+        tiles_rerun=sum(result.tiles_run for result in results if not result.written),
     )

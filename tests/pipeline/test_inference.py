@@ -112,8 +112,15 @@ def test_rerun_resumes_and_gives_same_bytes(client, cube, reference, tmp_path):
         run_inference(client, cube, url, [TinyViTCard()], OPTIONS, manifest_url=str(tmp_path), progress=stop_halfway)
     assert not is_complete(url)
 
-    report = run_inference(client, cube, url, [TinyViTCard()], OPTIONS, manifest_url=str(tmp_path))
+    reports = []
+    report = run_inference(client, cube, url, [TinyViTCard()], OPTIONS, manifest_url=str(tmp_path),
+                           progress=lambda done, total: reports.append((done, total)))
     assert is_complete(url)
+    # The first report comes before any block of this run is written, and counts the earlier run's.
+    assert reports[0] == (report.blocks_skipped, 20)
+    assert reports[-1] == (20, 20)
+    assert [done for done, _ in reports] == list(range(report.blocks_skipped, 21))
+    assert 0 < report.tiles_rerun < report.tiles_run
     record = completion_info(url)
     assert record["stage"] == "infer"
     assert record["tiles_run"] == report.tiles_run

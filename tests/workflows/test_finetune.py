@@ -369,3 +369,18 @@ def test_demo_card_without_weights_not_current(tmp_path: Path) -> None:
     card.write_text(yaml.safe_dump({"description": demo_description()}))
 
     assert not is_current_demo_card(card)
+
+
+def test_demo_training_logs_every_tenth_step(caplog):
+    from workflows.resolve import _TrainingLog
+
+    log = _TrainingLog()
+    with caplog.at_level("INFO", logger="workflows.resolve"):
+        log("start", {"total_steps": 990, "step": 0})
+        for step in range(1, 991):
+            log("step", {"step": step, "loss": 1.0 / step, "lr": 1e-3})
+
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 10
+    assert lines[0] == "training the demo cloud model: step 99 of 990, loss 0.0101"
+    assert lines[-1].startswith("training the demo cloud model: step 990 of 990")
