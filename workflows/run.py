@@ -247,7 +247,40 @@ def _mosaic(plan: RunPlan, observations: list[ObservationPlan], client: distribu
         client=client,
     )
     outputs = {"mosaic": plan.mosaic_url}
+    outputs.update(_exports(plan, observations))
+    return outputs
 
+
+def _missing_exports(plan: RunPlan) -> list[str]:
+    """Return what the job exports next to a finished mosaic but the output folder lacks.
+
+    The STAC Item lists the exports of the run that wrote it, so a file
+    deleted since then, or an export kind the job now requests, shows here.
+    """
+    job = plan.job
+    if "://" in job.output_root:
+        return []
+    root = Path(job.output_root)
+    item_path = root / "mosaic.stac.json"
+    if not item_path.is_file():
+        return [str(item_path)]
+    try:
+        assets = json.loads(item_path.read_text())["assets"]
+    except (ValueError, KeyError, TypeError):
+        return [str(item_path)]
+    hrefs = [str(asset.get("href", "")) for asset in assets.values() if isinstance(asset, dict)]
+    missing = [href for href in hrefs if "://" not in href and not (root / href).exists()]
+    if job.mosaic.export_cog and not any(href.endswith(".tif") for href in hrefs):
+        missing.append("COG exports")
+    if job.mosaic.quicklook and not any(href.endswith(".png") for href in hrefs):
+        missing.append("quicklooks")
+    return missing
+
+
+def _exports(plan: RunPlan, observations: list[ObservationPlan]) -> dict[str, str]:
+    """Write the COG and quicklook exports of the mosaic and its STAC Item, and return their paths."""
+    job = plan.job
+    outputs: dict[str, str] = {}
     exports: dict[str, Path] = {}
     if "://" in job.output_root:
         logger.warning("COG and quicklook exports are written locally only; skipped for %s", job.output_root)
@@ -335,6 +368,10 @@ def run_job(
         if job.resume and nothing_new and manifest.is_done("mosaic", "all") and is_complete(plan.mosaic_url):
             logger.info("mosaic: %s already complete, skipped", plan.mosaic_url)
             skipped.append("mosaic")
+            missing = _missing_exports(plan)
+            if missing:
+                logger.info("exports: %s missing, so the exports are written again", ", ".join(missing))
+                _exports(plan, observations)
             outputs.update(_existing_outputs(plan))
         else:
             outputs.update(_mosaic(plan, observations, client))

@@ -309,6 +309,19 @@ def test_resume_skips_finished_run(finished_run, tmp_path):
     assert Path(summary.outputs["landcover_quicklook"]).is_file()
 
 
+def test_resume_rewrites_deleted_export(finished_run, tmp_path):
+    output = copy_run(finished_run, tmp_path)
+    cog = output / "exports" / "landcover.tif"
+    cog.unlink()
+
+    summary = run_job(load_job(write_job(tmp_path, output)))
+
+    assert summary.tiles == 0
+    assert summary.resumed_stages == ["mosaic"]
+    assert cog.is_file()
+    assert summary.outputs["landcover_cog"] == str(cog)
+
+
 def test_resume_completes_incomplete_prediction_store(finished_run, tmp_path):
     output = copy_run(finished_run, tmp_path)
     observation = make_plan(load_job(write_job(tmp_path, output))).observations[0].cube_name
