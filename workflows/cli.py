@@ -299,7 +299,12 @@ def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+        command = next((argument for argument in sys.argv[1:] if not argument.startswith("-")), None)
+        if command == "run":
+            click.echo("aborted; the same command run again resumes from the finished blocks "
+                       "(unless the job sets resume: false)", err=True)
+        else:
+            click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as error:
         error.show()

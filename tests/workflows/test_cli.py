@@ -97,3 +97,28 @@ def test_quicklook_missing_store_writes_nothing(tmp_path):
     assert result.returncode == 1
     assert "no store at 'nothing.zarr'" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["fleximo", "-v", "run", "job.yaml"], "aborted; the same command run again resumes from the finished blocks"),
+        (["fleximo", "inspect", "store.zarr"], "aborted\n"),
+    ],
+)
+def test_interrupt_exits_130_with_resume_hint(monkeypatch, capsys, argv, expected):
+    import click
+
+    from workflows import cli
+
+    def interrupted(**_):
+        raise click.exceptions.Abort()
+
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(cli.cli, "main", interrupted)
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.startswith(expected)
