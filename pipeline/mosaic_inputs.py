@@ -15,7 +15,7 @@ import zarr.errors
 from odc.geo.geobox import GeoBox
 
 from pipeline import layout
-from pipeline.stores import grid_of, open_dataset
+from pipeline.stores import MissingGridError, grid_of, open_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ def geobox_of(dataset: xr.Dataset, url: str) -> GeoBox:
     """Return the grid of the store at ``url``; raise ``ValueError`` naming the store if it has none."""
     try:
         return grid_of(dataset)
+    except MissingGridError as error:
+        raise MissingGridError(f"store {url!r}: {error}") from None
     except ValueError as error:
         raise ValueError(f"store {url!r}: {error}") from None
 

@@ -232,6 +232,10 @@ def set_grid_metadata(ds: xr.Dataset, geobox: GeoBox) -> xr.Dataset:
     return ds
 
 
+class MissingGridError(ValueError):
+    """A dataset has no CRS in a ``spatial_ref`` coordinate, so its grid is unknown."""
+
+
 def grid_of(ds: xr.Dataset | xr.DataArray) -> GeoBox:
     """Return the GeoBox of a dataset written by the pipeline (or any CF/rioxarray raster).
 
@@ -240,12 +244,14 @@ def grid_of(ds: xr.Dataset | xr.DataArray) -> GeoBox:
 
     Raises
     ------
+    MissingGridError
+        If there is no CRS.
     ValueError
-        If there is no CRS, or ``GeoTransform`` and the ``x``/``y``
-        coordinates disagree by more than 1/1000 pixel.
+        If ``GeoTransform`` and the ``x``/``y`` coordinates disagree by more
+        than 1/1000 pixel.
     """
     if SPATIAL_REF not in ds.coords or "crs_wkt" not in ds[SPATIAL_REF].attrs:
-        raise ValueError(
+        raise MissingGridError(
             f"dataset has no {SPATIAL_REF!r} coordinate with 'crs_wkt'; write it with "
             "pipeline.stores.set_grid_metadata or open the store with decode_coords='all'"
         )

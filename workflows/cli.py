@@ -188,9 +188,16 @@ def catalog_build(sources: tuple[Path, ...], out_dir: Path, sensor: str | None, 
 def inspect(store: str, as_json: bool) -> None:
     """Show the layers, grid, class shares and provenance of an output STORE."""
     from pipeline.mosaic import describe_mosaic
+    from pipeline.stores import MissingGridError
 
     _require_store(store)
-    info = describe_mosaic(store)
+    try:
+        info = describe_mosaic(store)
+    except MissingGridError:
+        raise ValueError(
+            f"store {store!r} has no CRS (no 'spatial_ref' coordinate with 'crs_wkt'), so it was not written by "
+            "fleximo; inspect reads fleximo's input cubes, prediction stores and mosaics"
+        ) from None
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
         return

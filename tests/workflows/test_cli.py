@@ -89,6 +89,24 @@ def test_inspect_missing_store(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_inspect_store_without_crs(tmp_path):
+    import numpy as np
+    import xarray as xr
+
+    store = tmp_path / "plain.zarr"
+    values = np.zeros((4, 5), "uint8")
+    xr.Dataset({"a": (("y", "x"), values)}, coords={"y": np.arange(4.0), "x": np.arange(5.0)}).to_zarr(
+        store, zarr_format=3, consolidated=False
+    )
+
+    result = fleximo("inspect", str(store))
+
+    assert result.returncode == 1
+    assert f"error: store '{store}' has no CRS" in result.stderr
+    assert "inspect reads fleximo's input cubes, prediction stores and mosaics" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_quicklook_missing_store_writes_nothing(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "workflows", "quicklook", "nothing.zarr"],
