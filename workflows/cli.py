@@ -124,7 +124,8 @@ def _check_output_root(output_root: str) -> None:
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise click.UsageError(
+        # A plain error, not click's usage error: the root often comes from the job file.
+        raise ValueError(
             f"output root {output_root!r} cannot be created: {str(folder)!r} is not a writable folder; "
             "set 'output' in the job file or pass --output with a writable folder or an s3:// URL"
         )
