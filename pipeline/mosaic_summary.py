@@ -11,7 +11,7 @@ import xarray as xr
 import zarr
 
 from pipeline import layout
-from pipeline.completion import is_complete
+from pipeline.completion import IncompleteStoreError, completion_info, is_complete
 from pipeline.legend import legend_from_attrs
 from pipeline.mosaic_inputs import geobox_of
 from pipeline.stores import open_dataset, zarr_store
@@ -40,7 +40,9 @@ def describe_mosaic(url: str) -> dict[str, Any]:
         ``grid`` (``crs``, ``epsg``, ``resolution_m``, ``shape``, ``bounds``),
         ``overview_levels``, ``class_shares_pct`` (class name -> percent of
         the pixels with a class; only for a complete store), ``nodata_pct``,
-        ``time_range`` and ``provenance``.
+        ``time_range`` and ``provenance``. For a complete prediction store
+        also ``cards``, the model cards it was predicted with (name ->
+        fingerprint).
     """
     dataset = open_dataset(url)
     root_attrs = dict(zarr.open_group(zarr_store(url, "r"), mode="r", zarr_format=3).attrs)
@@ -67,6 +69,13 @@ def describe_mosaic(url: str) -> dict[str, Any]:
         "software_version": root_attrs.get("software_version"),
         "input_item_ids": root_attrs.get("input_item_ids", []),
     }
+    if summary["complete"]:
+        try:
+            record = completion_info(url)
+        except IncompleteStoreError:
+            record = {}
+        if record.get("stage") == "infer":
+            summary["cards"] = dict(record.get("cards", {}))
     if summary["complete"] and layout.LANDCOVER_VAR in dataset:
         summary.update(_class_shares(dataset[layout.LANDCOVER_VAR], root_attrs.get("class_pixel_counts")))
     return summary

@@ -227,6 +227,8 @@ def _format_inspect(store: str, info: dict[str, Any]) -> str:
             lines.append(f"  model       {product}: {model.get('card')} ({model.get('weights')}, {str(model.get('fingerprint'))[:12]})")
         items = provenance.get("input_items", [])
         lines.append(f"  inputs      {len(items)} item(s): {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}")
+    for name, fingerprint in info.get("cards", {}).items():
+        lines.append(f"  model card  {name} ({str(fingerprint)[:12]})")
     return "\n".join(lines)
 
 
