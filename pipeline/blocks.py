@@ -195,7 +195,7 @@ class _TileInput:
 
     @classmethod
     def for_card(cls, card: Any, wavelengths_um: Sequence[float]) -> _TileInput:
-        """Fold the card's input conversion into the cut where the card can state it per band."""
+        """Return the cut for ``card``, with its input conversion folded in where the card states one per band."""
         bands = len(wavelengths_um)
         stated = getattr(card, "stored_input_transform", None)
         transform = stated(wavelengths_um, layout.REFLECTANCE_SCALE) if stated is not None else None

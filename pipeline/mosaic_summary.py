@@ -11,7 +11,7 @@ import xarray as xr
 import zarr
 
 from pipeline import layout
-from pipeline.completion import IncompleteStoreError, completion_info, is_complete
+from pipeline.completion import COMPLETION_ATTR, is_complete
 from pipeline.legend import legend_from_attrs
 from pipeline.mosaic_inputs import geobox_of
 from pipeline.stores import open_dataset, zarr_store
@@ -69,13 +69,9 @@ def describe_mosaic(url: str) -> dict[str, Any]:
         "software_version": root_attrs.get("software_version"),
         "input_item_ids": root_attrs.get("input_item_ids", []),
     }
-    if summary["complete"]:
-        try:
-            record = completion_info(url)
-        except IncompleteStoreError:
-            record = {}
-        if record.get("stage") == "infer":
-            summary["cards"] = dict(record.get("cards", {}))
+    record = root_attrs.get(COMPLETION_ATTR, {})
+    if summary["complete"] and record.get("stage") == "infer":
+        summary["cards"] = dict(record.get("cards", {}))
     if summary["complete"] and layout.LANDCOVER_VAR in dataset:
         summary.update(_class_shares(dataset[layout.LANDCOVER_VAR], root_attrs.get("class_pixel_counts")))
     return summary

@@ -30,7 +30,7 @@ from pipeline.completion import is_complete
 from pipeline.manifest import MARKERS_DIR, Manifest
 from pipeline.mosaic import MosaicOptions, build_mosaic
 from pipeline.stac_output import write_output_item
-from pipeline.stores import join_url, storage_options_from_env
+from pipeline.stores import is_remote, join_url, storage_options_from_env
 from workflows.jobspec import JobError, JobSpec
 from workflows.plan import ObservationPlan, RunPlan, inference_options, make_plan
 
@@ -258,7 +258,7 @@ def _missing_exports(plan: RunPlan) -> list[str]:
     deleted since then, or an export kind the job now requests, shows here.
     """
     job = plan.job
-    if "://" in job.output_root:
+    if is_remote(job.output_root):
         return []
     root = Path(job.output_root)
     item_path = root / "mosaic.stac.json"

@@ -38,7 +38,7 @@ def test_float32_on_device_matches_cpu(patch_size: int) -> None:
         got = on_device(x.to(DEVICE), wavelengths_um=WAVELENGTHS_UM, patch_size=patch_size).cpu()
 
     assert got.shape == expected.shape
-    # cuDNN may run convolutions in TF32, which keeps 10 bits of mantissa.
+    # cuDNN may run convolutions in TF32, which has 11 significant bits.
     scale = expected.abs().max().item()
     assert (got - expected).abs().max().item() <= 1e-2 * scale
 

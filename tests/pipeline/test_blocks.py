@@ -253,7 +253,8 @@ def test_folded_conversion_matches_prepare_input():
     prepared = card.prepare_input(torch.from_numpy(reflectance[None]), waves)[0].numpy()
     assert np.array_equal(folded, prepared)
     # Nodata pixels are the card's conversion of reflectance 0, not 0.
-    inside = folded[:, :, :14]  # 16 rows and 14 columns lie inside the data; the rest is mirrored
+    # 16 rows and 14 columns lie inside the data, and the rest is mirrored.
+    inside = folded[:, :, :14]
     assert np.all(inside[:, nodata[4:20, 6:20]] != 0)
 
 

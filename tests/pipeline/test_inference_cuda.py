@@ -89,5 +89,5 @@ def test_bfloat16_on_device_close_to_float32(device_client, cube, cpu_outputs, t
     labels, expected = _read(url)[layout.LANDCOVER_VAR], cpu_outputs[layout.LANDCOVER_VAR]
     valid = expected != layout.PROBABILITY_FILL
     assert np.array_equal(labels == layout.PROBABILITY_FILL, ~valid)
-    # bfloat16 keeps 8 bits of mantissa, so more near-ties flip than in float32.
+    # bfloat16 has 8 significant bits, so more near-ties flip than in float32.
     assert np.mean(labels[valid] == expected[valid]) >= 0.9

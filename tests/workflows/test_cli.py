@@ -108,15 +108,15 @@ def test_inspect_store_without_crs(tmp_path):
 
 
 def test_output_root_that_is_a_file_rejected(tmp_path):
-    taken = tmp_path / "taken"
-    taken.write_text("not a folder")
+    plain_file = tmp_path / "plain_file"
+    plain_file.write_text("not a folder")
     job = PROJECT_ROOT / "workflows" / "jobs" / "demo_s2_18svg.yaml"
 
-    result = fleximo("run", str(job), "--output", str(taken / "out"))
+    result = fleximo("run", str(job), "--output", str(plain_file / "out"))
 
     assert result.returncode == 1
-    assert f"error: output root '{taken / 'out'}' cannot be created: '{taken}' is not a writable folder" in result.stderr
-    assert taken.read_text() == "not a folder"
+    assert f"error: output root '{plain_file / 'out'}' cannot be created: '{plain_file}' is not a writable folder" in result.stderr
+    assert plain_file.read_text() == "not a folder"
 
 
 def test_quicklook_missing_store_writes_nothing(tmp_path):
