@@ -233,7 +233,8 @@ def _cpu_seconds(pids: list[int]) -> float:
 
 
 def run_one(model_name: str, size: int, work: Path, block_px: int, check: bool, repeat: int,
-            dask_threads: int = THREADS, stage_threads: int | None = THREADS, probabilities: bool = True) -> dict:
+            dask_threads: int = THREADS, stage_threads: int | None = THREADS, probabilities: bool = True,
+            blocks_in_flight: int | None = None) -> dict:
     import cloudpickle
     from distributed import Client, LocalCluster
 
@@ -248,6 +249,8 @@ def run_one(model_name: str, size: int, work: Path, block_px: int, check: bool, 
     card = PeerModelCard(model_name, name=f"peer-{model_name}")
     options = InferenceOptions(overlap_px=64, block_px=block_px, chunk_px=512, batch_size=8,
                                threads_per_worker=stage_threads, class_probabilities=probabilities)
+    if blocks_in_flight is not None:
+        options = dataclasses.replace(options, blocks_in_flight=blocks_in_flight)
     output = work / f"pred_{model_name}_{size}.zarr"
     subprocess.run(["rm", "-rf", str(output)], check=True)
 
@@ -296,6 +299,7 @@ def run_one(model_name: str, size: int, work: Path, block_px: int, check: bool, 
         "stride": 192,
         "batch": 8,
         "block_px": report.cards[0].block_px,
+        "blocks_in_flight": options.blocks_in_flight,
         "outputs": "class probabilities, class, confidence" if probabilities else "class, confidence",
         "workers": 1,
         "threads": THREADS,
@@ -376,6 +380,8 @@ def main() -> None:
                              "per Dask thread, as the stage chooses)")
     parser.add_argument("--without-probabilities", action="store_true",
                         help="store the class and its confidence only, not each class's probability")
+    parser.add_argument("--blocks-in-flight", type=int, default=None,
+                        help="blocks submitted ahead per model slot (default: the stage's)")
     parser.add_argument("--repeat", type=int, default=2, help="timed runs of the model alone and of the stage; the best is kept")
     args = parser.parse_args()
 
@@ -387,7 +393,7 @@ def main() -> None:
         for size in args.sizes:
             check = args.check and index == 0 and size == args.sizes[0]
             result = run_one(model_name, size, work, args.block_px, check, args.repeat, args.dask_threads,
-                             args.stage_threads, not args.without_probabilities)
+                             args.stage_threads, not args.without_probabilities, args.blocks_in_flight)
             with open(results, "a") as handle:
                 handle.write(json.dumps(result) + "\n")
             print(json.dumps(result))
