@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from pipeline import blend_kernels, chunk_cache, chunk_io, layout, scratch
-from pipeline.model.precision import autocast
+from pipeline.model.precision import autocast, precision_for_device
 from pipeline.model_cache import model_for
 from pipeline.stores import zarr_store
 from pipeline.tiling import BLEND_LEVELS, Block, BlockPlan, Tile, blend_window
@@ -75,7 +75,7 @@ class CardJob:
     plan: BlockPlan
     patch_px: int
     batch_size: int
-    precision: str
+    precision: str  # "auto", "float32" or "bfloat16", resolved per worker device
     threads: int | None
     prediction_url: str
     storage_options: tuple[tuple[str, Any], ...]
@@ -104,6 +104,7 @@ class BlockPrediction:
     tiles_run: int
     tiles_skipped: int
     model_seconds: float
+    precision: str = ""  # Precision the model ran in. Empty when no tile ran.
 
 
 @dataclasses.dataclass
@@ -127,6 +128,7 @@ class BlockResult:
     tiles_run: int
     tiles_skipped: int
     model_seconds: float
+    precision: str = ""
 
 
 def read_block(
@@ -391,6 +393,7 @@ def predict_block(job: CardJob, block: Block, data: np.ndarray, cube: CubeInfo) 
         return BlockPrediction(y0, y1, x0, x1, None, None, nodata_block, 0, skipped, 0.0)
 
     device = _device()
+    precision = precision_for_device(job.precision, device)
     model = model_for(job.card, job.fingerprint, device)
     tile_input = _TileInput.for_card(job.card, wavelengths_um)
     window = blend_window(tile_px, plan.grid.overlap_px)
@@ -419,7 +422,7 @@ def predict_block(job: CardJob, block: Block, data: np.ndarray, cube: CubeInfo) 
             started = time.perf_counter()
             try:
                 logits = _run_batch(model, job.card, buffer[:count], wavelengths_um, job.patch_px, device,
-                                    job.precision, tile_input.prepared)
+                                    precision, tile_input.prepared)
             except torch.cuda.OutOfMemoryError:
                 if single_tiles:
                     raise
@@ -438,7 +441,7 @@ def predict_block(job: CardJob, block: Block, data: np.ndarray, cube: CubeInfo) 
     logger.debug("block %s of %s: %d tiles run, %d nodata", block.block_id, job.key, len(tiles), skipped)
     return BlockPrediction(
         y0, y1, x0, x1, accumulator.logit_sum, accumulator.weight_sum, nodata_block,
-        len(tiles), skipped, model_seconds,
+        len(tiles), skipped, model_seconds, precision,
     )
 
 
@@ -599,7 +602,8 @@ def write_block(
             tiles_run=prediction.tiles_run, tiles_skipped=prediction.tiles_skipped,
         )
     return BlockResult(
-        block.block_id, True, prediction.tiles_run, prediction.tiles_skipped, prediction.model_seconds
+        block.block_id, True, prediction.tiles_run, prediction.tiles_skipped, prediction.model_seconds,
+        prediction.precision,
     )
 
 
@@ -619,4 +623,6 @@ def _empty_outputs(job: CardJob, height: int, width: int) -> dict[str, np.ndarra
 
 def prediction_stats(prediction: BlockPrediction) -> BlockResult:
     """Summarise a prediction that is computed only for its overlaps (its own block is done)."""
-    return BlockResult("", False, prediction.tiles_run, prediction.tiles_skipped, prediction.model_seconds)
+    return BlockResult(
+        "", False, prediction.tiles_run, prediction.tiles_skipped, prediction.model_seconds, prediction.precision
+    )

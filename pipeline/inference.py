@@ -72,7 +72,9 @@ class InferenceOptions:
     batch_size
         Tiles per model call (halved on CUDA out-of-memory).
     precision
-        ``"float32"``, or ``"bfloat16"`` for autocast.
+        ``"auto"``: bfloat16 autocast on CUDA workers whose GPU supports it,
+        exact float32 on CPU workers. ``"float32"`` or ``"bfloat16"`` runs
+        every model task at that precision.
     patch_size_override
         Patch size in pixels instead of the resolution-matched one.
     threads_per_worker
@@ -93,7 +95,7 @@ class InferenceOptions:
     block_px: int = 1024
     chunk_px: int = 512
     batch_size: int = 8
-    precision: Literal["float32", "bfloat16"] = "float32"
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
     patch_size_override: int | None = None
     threads_per_worker: int | None = None
     blocks_in_flight: int = 2
@@ -109,8 +111,8 @@ class InferenceOptions:
         for name in ("block_px", "chunk_px", "batch_size", "blocks_in_flight"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.precision not in ("float32", "bfloat16"):
-            raise ValueError(f"precision {self.precision!r} is not supported; use 'float32' or 'bfloat16'")
+        if self.precision not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"precision {self.precision!r} is not supported; use 'auto', 'float32' or 'bfloat16'")
         if self.threads_per_worker is not None and self.threads_per_worker < 1:
             raise ValueError(f"threads_per_worker must be at least 1 or None, got {self.threads_per_worker}")
 
@@ -137,6 +139,7 @@ class CardReport:
     tiles_skipped: int
     model_seconds: float
     tiles_rerun: int = 0
+    precisions: tuple[str, ...] = ()  # Precisions its model tasks ran in, such as "float32". Empty if none ran.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -373,6 +376,9 @@ def run_inference(
         observation, report.blocks_done, report.blocks_skipped, report.tiles_run, report.tiles_skipped,
         report.seconds,
     )
+    for card in report.cards:
+        if card.precisions:
+            logger.info("%s: card %s ran its model in %s", observation, card.card, " and ".join(card.precisions))
     if report.tiles_rerun:
         logger.info(
             "%s: %d of the tiles ran again in blocks an earlier run finished, because their edges blend into "
@@ -496,4 +502,5 @@ def _run_card(
         tiles_skipped=sum(result.tiles_skipped for result in results),
         model_seconds=sum(result.model_seconds for result in results),
         tiles_rerun=sum(result.tiles_run for result in results if not result.written),
+        precisions=tuple(sorted({result.precision for result in results if result.precision})),
     )

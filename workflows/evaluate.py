@@ -23,13 +23,13 @@ import numpy as np
 import rasterio
 import torch
 
-from pipeline.model import ModelCard, load_card, load_model_from_card
+from pipeline.model import ModelCard, load_card, load_model_from_card, precision_for_device
 from pipeline.tiling import blend_window, choose_patch_size, tile_grid
 from workflows.chips import CHIP_LAYOUTS, open_chips
 from workflows.training.chip_dataset import ChipDataset, ChipSet
 from workflows.training.chip_spec import ChipSpec
 from workflows.training.distributed import DistributedContext, resolve_device
-from workflows.training.loop import _precision, evaluate_model
+from workflows.training.loop import evaluate_model
 from workflows.training.metrics import SegmentationReport, confusion_matrix, segmentation_report
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def evaluate_card_on_chips(
         prepare=lambda reflectance: card.prepare_input(reflectance, wavelengths),
         patch_size=patch,
         batch_size=batch_size,
-        precision=_precision(precision, context.device),
+        precision=precision_for_device(precision, context.device),
         context=context,
     )
 

@@ -165,7 +165,9 @@ class TilingSpec(_Frozen):
     block_px: int = Field(default=1024, ge=64, description="side of one inference block (Zarr chunk), pixels")
     patch_size: int | None = Field(default=None, gt=0, description="override the resolution-matched patch size")
     batch_size: int = Field(default=8, gt=0)
-    precision: Literal["float32", "bfloat16"] = "float32"
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto", description="auto: bfloat16 autocast on CUDA workers that support it, float32 on CPU"
+    )
 
 
 class MosaicSpec(_Frozen):

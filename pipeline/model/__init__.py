@@ -21,13 +21,22 @@ from pipeline.model.checkpoint import CheckpointError, infer_config, load_model,
 from pipeline.model.config import HeadType, ModelConfig
 from pipeline.model.fleximo import FlexiMo, resize_pos_embed
 from pipeline.model.pi_resize import pi_resize_kernel, pinv_matrix, resize_patch
-from pipeline.model.precision import PRECISIONS, Precision, autocast, bfloat16_available, resolve_precision
+from pipeline.model.precision import (
+    AUTO_PRECISION,
+    PRECISIONS,
+    Precision,
+    autocast,
+    bfloat16_available,
+    precision_for_device,
+    resolve_precision,
+)
 from pipeline.model.presets import MODEL_PRESETS, preset_config
 from pipeline.model.scaling import BandStats, Dofa8BitScaling, ReflectanceScaling
 from pipeline.model.validation import token_grid
 
 __all__ = [
     "MODEL_PRESETS",
+    "AUTO_PRECISION",
     "PRECISIONS",
     "ArchitectureSpec",
     "BandStats",
@@ -55,6 +64,7 @@ __all__ = [
     "read_state_dict",
     "resize_patch",
     "resize_pos_embed",
+    "precision_for_device",
     "resolve_precision",
     "token_grid",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.model import FlexiMo, autocast, bfloat16_available
+from pipeline.model import FlexiMo, autocast, bfloat16_available, precision_for_device
 
 WAVES = [0.49, 0.56, 0.665, 0.842]
 needs_bf16 = pytest.mark.skipif(not bfloat16_available("cpu"), reason="this CPU has no native bfloat16 matmuls")
@@ -73,3 +73,18 @@ def test_bfloat16_unsupported_device_rejected() -> None:
     with pytest.raises(ValueError, match="not supported at native speed on device 'meta'"):
         with autocast("meta", "bfloat16"):
             pass
+
+
+def test_auto_precision_per_device() -> None:
+    assert precision_for_device("auto", "cpu") == "float32"
+    assert precision_for_device("auto", "meta") == "float32"
+    on_cuda = "bfloat16" if bfloat16_available("cuda") else "float32"
+    assert precision_for_device("auto", "cuda") == on_cuda
+    assert precision_for_device("float32", "cpu") == "float32"
+
+
+def test_explicit_precision_checked() -> None:
+    with pytest.raises(ValueError, match="precision must be one of \\('float32', 'bfloat16'\\), got 'float16'"):
+        precision_for_device("float16", "cpu")
+    with pytest.raises(ValueError, match="not supported at native speed on device 'meta'"):
+        precision_for_device("bfloat16", "meta")

@@ -21,7 +21,7 @@ import zarr
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
 
 import pipeline.model
-from pipeline.model import load_card
+from pipeline.model import bfloat16_available, load_card
 from inference_support import PointwiseCard, TinyViTCard, pointwise_logits, scene_values, write_cube
 from pipeline import layout, model_cache
 from pipeline.blocks import LOGIT_LIMIT, LOGIT_SCALE
@@ -366,6 +366,24 @@ def test_out_of_memory_halves_batch(client, cube, reference, tmp_path):
         assert np.array_equal(result[name], reference[name]), name
 
 
+def test_auto_precision_float32_on_cpu(client, cube, reference, tmp_path):
+    # The reference ran with the default, "auto". CPU workers resolve it to exact float32.
+    assert OPTIONS.precision == "auto"
+    options = dataclasses.replace(OPTIONS, block_px=64, precision="float32")
+    report = run_inference(client, cube, str(tmp_path / "obs-1.zarr"), [TinyViTCard()], options)
+    assert report.cards[0].precisions == ("float32",)
+    result = _read(str(tmp_path / "obs-1.zarr"))
+    for name in OUTPUTS:
+        assert np.array_equal(result[name], reference[name]), name
+
+
+@pytest.mark.skipif(bfloat16_available("cpu"), reason="this CPU runs bfloat16 natively")
+def test_bfloat16_without_cpu_support_rejected(client, cube, tmp_path):
+    options = dataclasses.replace(OPTIONS, precision="bfloat16")
+    with pytest.raises(ValueError, match="precision='bfloat16' is not supported at native speed on device 'cpu'"):
+        run_inference(client, cube, str(tmp_path / "obs-1.zarr"), [TinyViTCard()], options)
+
+
 def test_missing_cube_rejected(client, tmp_path):
     with pytest.raises(FileNotFoundError, match="no input cube at .*run the ingest stage"):
         run_inference(client, str(tmp_path / "absent.zarr"), str(tmp_path / "p.zarr"), [PointwiseCard()], OPTIONS)
@@ -479,7 +497,7 @@ def test_overlap_wider_than_half_tile_rejected(client, cube, tmp_path):
         ({"overlap_px": -1}, "overlap_px must be >= 0"),
         ({"overlap_fraction": 0.7}, r"overlap_fraction must be in \[0, 0.5\]"),
         ({"batch_size": 0}, "batch_size must be at least 1"),
-        ({"precision": "float16"}, "precision 'float16' is not supported"),
+        ({"precision": "float16"}, "precision 'float16' is not supported; use 'auto', 'float32' or 'bfloat16'"),
         ({"threads_per_worker": 0}, "threads_per_worker must be at least 1"),
     ],
 )

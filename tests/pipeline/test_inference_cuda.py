@@ -8,6 +8,8 @@ the bfloat16 autocast and how close CUDA's kernels come to the CPU's.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -17,11 +19,12 @@ from distributed import Client, LocalCluster
 from inference_support import TinyViTCard, scene_values, write_cube
 from pipeline import layout, model_cache
 from pipeline.inference import InferenceOptions, run_inference
+from pipeline.model import bfloat16_available
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device that torch can use")
 
 DEVICE = "cuda"
-OPTIONS = InferenceOptions(overlap_px=8, block_px=64, chunk_px=32, batch_size=4)
+OPTIONS = InferenceOptions(overlap_px=8, block_px=64, chunk_px=32, batch_size=4, precision="float32")
 
 
 def _read(url: str) -> dict[str, np.ndarray]:
@@ -91,3 +94,15 @@ def test_bfloat16_on_device_close_to_float32(device_client, cube, cpu_outputs, t
     assert np.array_equal(labels == layout.PROBABILITY_FILL, ~valid)
     # bfloat16 has 8 significant bits, so more near-ties flip than in float32.
     assert np.mean(labels[valid] == expected[valid]) >= 0.9
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and not bfloat16_available(DEVICE), reason="this GPU has no bfloat16")
+def test_auto_precision_bfloat16_on_device(device_client, cube, tmp_path):
+    reports = {}
+    for precision in ("auto", "float32"):
+        options = dataclasses.replace(OPTIONS, precision=precision)
+        reports[precision] = run_inference(device_client, cube, str(tmp_path / f"{precision}.zarr"), [TinyViTCard()],
+                                           options)
+
+    assert reports["auto"].cards[0].precisions == ("bfloat16",)
+    assert reports["float32"].cards[0].precisions == ("float32",)

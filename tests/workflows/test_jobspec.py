@@ -46,7 +46,7 @@ def test_every_example_job_validates():
 def test_valid_job_defaults(tmp_path):
     job = parse_job(_valid_job(tmp_path))
     assert job.tiling.block_px == 1024
-    assert job.tiling.precision == "float32"
+    assert job.tiling.precision == "auto"
     assert job.mosaic.method == "clear-weighted"
     assert job.resume is True
     assert job.on_error == "fail"

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from pipeline.model import bfloat16_available, token_grid
+from pipeline.model import precision_for_device, token_grid
 from pipeline.tiling import choose_patch_size
 from workflows.training.chip_dataset import ChipDataset, ChipSet
 from workflows.training.config import FinetuneConfig
@@ -122,12 +122,6 @@ def _parameter_groups(model: torch.nn.Module, config: FinetuneConfig) -> list[di
     ]
 
 
-def _precision(requested: str, device: torch.device) -> str:
-    if requested == "auto":
-        return "bfloat16" if device.type == "cuda" and bfloat16_available(device) else "float32"
-    return requested
-
-
 def evaluate_model(
     model: torch.nn.Module,
     dataset: ChipDataset,
@@ -216,7 +210,7 @@ def _train(config: FinetuneConfig, chips: ChipSet, context: DistributedContext, 
     )
     weights = class_weights(train_set.class_pixel_counts(), spec.class_weights)
     weights = weights.to(context.device) if weights is not None else None
-    precision = _precision(spec.precision, context.device)
+    precision = precision_for_device(spec.precision, context.device)
 
     step, best_score, history = 0, None, []
     state_path = output / STATE_NAME
