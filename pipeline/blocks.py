@@ -28,10 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import blend_kernels, chunk_cache, chunk_io, layout, scratch
+from pipeline import array_cache, blend_kernels, chunk_cache, chunk_io, layout, scratch
 from pipeline.model.precision import autocast, precision_for_device
 from pipeline.model_cache import model_for
-from pipeline.stores import zarr_store
 from pipeline.tiling import BLEND_LEVELS, Block, BlockPlan, Tile, blend_window
 
 logger = logging.getLogger(__name__)
@@ -83,6 +82,7 @@ class CardJob:
     observation: str
     band_indices: tuple[int, ...] | None = None  # cube bands fed to this card's model; None: all
     probabilities: bool = True  # a land-cover card also writes each class's probability
+    run: str = ""  # Token of this run. Block tasks keep the arrays they open for the run's other blocks.
 
 
 @dataclasses.dataclass
@@ -142,13 +142,12 @@ def read_block(
     Given the ``block`` region the read is for and a ``run`` token shared by
     the run's reads, chunks that later blocks read again stay decoded in this
     worker process (:mod:`pipeline.chunk_cache`), up to the number of halo
-    chunks of one block, whatever the scene's width.
+    chunks of one block, whatever the scene's width. With a ``run`` token the
+    cube's array is also opened only once per run and process
+    (:mod:`pipeline.array_cache`).
     """
-    import zarr
-
     y0, y1, x0, x1 = footprint
-    store = zarr_store(cube.url, "r", storage_options=dict(cube.storage_options))
-    array = zarr.open_group(store, mode="r")[layout.REFLECTANCE_VAR]
+    array = array_cache.open_array(cube.url, layout.REFLECTANCE_VAR, "r", dict(cube.storage_options), run)
     bands = array.shape[0]
     if block is None or run is None or array.chunks[0] != bands:
         return np.asarray(array[:, y0:y1, x0:x1])
@@ -567,8 +566,6 @@ def write_block(
     job: CardJob, block: Block, prediction: BlockPrediction, overlaps: Sequence[Overlap | None]
 ) -> BlockResult:
     """Add the neighbours' overlaps, turn logits into outputs, write the block's region, mark it done."""
-    import zarr
-
     height, width = block.y1 - block.y0, block.x1 - block.x0
     nodata = prediction.nodata.copy()
     parts = [overlap_into(prediction, block, copy=False), *overlaps]
@@ -579,10 +576,8 @@ def write_block(
     else:
         outputs = _empty_outputs(job, height, width)
 
-    store = zarr_store(job.prediction_url, "r+", storage_options=dict(job.storage_options))
-    group = zarr.open_group(store, mode="r+")
     for name, values in outputs.items():
-        array = group[name]
+        array = array_cache.open_array(job.prediction_url, name, "r+", dict(job.storage_options), job.run)
         access = chunk_io.chunk_access(array) if has_data else None
         if access is not None:
             access.write_region((0,) * (values.ndim - 2) + (block.y0, block.x0), values)

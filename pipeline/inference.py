@@ -329,6 +329,7 @@ def run_inference(
             precision=options.precision, threads=threads, prediction_url=prediction_url,
             storage_options=cube.storage_options, manifest_url=manifest_url, observation=observation,
             band_indices=_card_bands(card, cube.info.wavelengths_um), probabilities=probabilities,
+            run=uuid.uuid4().hex[:8],
         ))
         logger.info(
             "%s: card %s, patch %d px, tiles %d px with %d px overlap (%d tiles), %d blocks of %d px",
@@ -425,7 +426,7 @@ def _run_card(
             needed.update(source.block_id for source in plan.spill_sources(block))
 
     resources = {"GPU": 1} if use_gpu else None
-    run = uuid.uuid4().hex[:8]
+    run = job.run
     overlaps: dict[str, list[distributed.Future]] = {}
     active: set[distributed.Future] = set()
     results: list[BlockResult] = []
