@@ -338,10 +338,20 @@ def run_inference(
 
     storage_options = dict(cube.storage_options)
     # Checked before the completion record goes, so a rejected run leaves the store as it was.
-    check_prediction_store(cube, prediction_url, jobs, options.chunk_px)
+    missing = check_prediction_store(cube, prediction_url, jobs, options.chunk_px)
     # A store left by an interrupted rerun must not read as complete.
     clear_complete(prediction_url, storage_options)
     done = manifest.done_blocks("infer", observation) if manifest else set()
+    for job in jobs:
+        recorded = {f"{job.key}-{block.block_id}" for block in job.plan} & done
+        if missing[job.key] and recorded:
+            # The blocks were written into a store or variable that has since been deleted.
+            done -= recorded
+            logger.warning(
+                "%s: the run manifest records %d blocks of card %s as done, but the prediction store %s lacks %s; "
+                "writing them again", observation, len(recorded), job.card.name, prediction_url,
+                ", ".join(missing[job.key]),
+            )
     # The first report comes now, with the blocks an earlier run finished, so
     # that a progress bar shows while the first blocks of this run are predicted.
     counter = _Progress(

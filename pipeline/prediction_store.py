@@ -196,8 +196,16 @@ def _checked_store(cube: OpenedCube, url: str, jobs: Sequence[Any], chunk_px: in
     return present
 
 
-def check_prediction_store(cube: OpenedCube, url: str, jobs: Sequence[Any], chunk_px: int) -> None:
+def check_prediction_store(cube: OpenedCube, url: str, jobs: Sequence[Any], chunk_px: int) -> dict[str, list[str]]:
     """Check, before anything is written, that ``url`` can take the prediction store for ``jobs``.
+
+    Returns
+    -------
+    dict
+        For each job's ``key``, the variables it writes that the store does
+        not contain yet: all of them when there is no store. Blocks that a run
+        manifest records as done for such a job were written into a store that
+        is gone, and must be written again.
 
     Raises
     ------
@@ -206,7 +214,11 @@ def check_prediction_store(cube: OpenedCube, url: str, jobs: Sequence[Any], chun
         array or a Zarr v2 store, or has a variable of another shape than the
         cube's grid gives.
     """
-    _checked_store(cube, url, jobs, chunk_px)
+    present = _checked_store(cube, url, jobs, chunk_px) or {}
+    height, width = cube.info.height, cube.info.width
+    return {
+        job.key: [name for name in _variables(job, height, width, chunk_px) if name not in present] for job in jobs
+    }
 
 
 def create_prediction_store(cube: OpenedCube, url: str, jobs: Sequence[Any], chunk_px: int) -> None:

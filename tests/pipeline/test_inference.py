@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -136,6 +137,34 @@ def test_rerun_resumes_and_gives_same_bytes(client, cube, reference, tmp_path):
     assert again.blocks_skipped == total
     assert again.blocks_done == 0
     assert (tmp_path / "manifest.json").exists()
+
+
+def test_rerun_rewrites_deleted_store(client, cube, reference, tmp_path):
+    url = str(tmp_path / "predictions" / "obs-1.zarr")
+    run_inference(client, cube, url, [TinyViTCard()], OPTIONS, manifest_url=str(tmp_path))
+    shutil.rmtree(url)
+
+    report = run_inference(client, cube, url, [TinyViTCard()], OPTIONS, manifest_url=str(tmp_path))
+
+    assert report.blocks_skipped == 0
+    assert report.blocks_done == 20
+    assert is_complete(url)
+    result = _read(url)
+    for name in OUTPUTS:
+        assert np.array_equal(result[name], reference[name]), name
+
+
+def test_rerun_rewrites_deleted_variable(client, cube, reference, tmp_path):
+    url = str(tmp_path / "predictions" / "obs-1.zarr")
+    run_inference(client, cube, url, [TinyViTCard()], OPTIONS, manifest_url=str(tmp_path))
+    del zarr.open_group(url, mode="r+")[layout.LANDCOVER_CONFIDENCE_VAR]
+
+    report = run_inference(client, cube, url, [TinyViTCard()], OPTIONS, manifest_url=str(tmp_path))
+
+    assert report.blocks_done == 20
+    result = _read(url)
+    for name in OUTPUTS:
+        assert np.array_equal(result[name], reference[name]), name
 
 
 def test_rerun_removes_stale_partial_files(client, cube, tmp_path):
