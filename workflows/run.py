@@ -132,6 +132,16 @@ def _check_resumable(manifest: Manifest, plan: RunPlan) -> None:
             f"output {plan.job.output_root!r} contains a run with a different plan (grid, scenes, tiling or "
             "models changed); choose another output, or rerun with --no-resume to overwrite it"
         )
+    # The precision changes the predictions, but not the plan. An unrecorded
+    # precision is from a version whose only default was float32.
+    tiling = recorded.get("provenance", {}).get("job", {}).get("tiling", {})
+    written_in = tiling.get("precision", "float32")
+    if written_in != plan.job.tiling.precision:
+        raise JobError(
+            f"output {plan.job.output_root!r} contains a run with tiling.precision {written_in!r}, but this job sets "
+            f"{plan.job.tiling.precision!r}; set tiling.precision: {written_in} to resume it, choose another output, "
+            "or rerun with --no-resume to overwrite it"
+        )
 
 
 def _ingest(

@@ -29,7 +29,7 @@ from pipeline import layout
 from pipeline.completion import clear_complete, is_complete
 from pipeline.stores import open_dataset
 from workflows.cli import cli
-from workflows.jobspec import JobSpec, load_job
+from workflows.jobspec import JobError, JobSpec, load_job
 from workflows.plan import make_plan
 from workflows.run import run_job
 
@@ -338,6 +338,30 @@ def test_resume_completes_incomplete_prediction_store(finished_run, tmp_path):
     reference_job, _ = finished_run
     theirs = Path(reference_job.output_root) / layout.PREDICTIONS_DIR / observation
     assert layer_bytes(str(predictions)) == layer_bytes(str(theirs))
+
+
+def test_resume_rewrites_deleted_prediction_store(finished_run, tmp_path):
+    output = copy_run(finished_run, tmp_path)
+    observation = make_plan(load_job(write_job(tmp_path, output))).observations[0].cube_name
+    predictions = output / layout.PREDICTIONS_DIR / observation
+    shutil.rmtree(predictions)
+    shutil.rmtree(output / layout.MOSAIC_NAME)
+
+    summary = run_job(load_job(write_job(tmp_path, output)))
+
+    assert summary.tiles > 0
+    assert is_complete(str(predictions))
+    reference_job, _ = finished_run
+    theirs = Path(reference_job.output_root) / layout.PREDICTIONS_DIR / observation
+    assert layer_bytes(str(predictions)) == layer_bytes(str(theirs))
+
+
+def test_resume_with_other_precision_rejected(finished_run, tmp_path):
+    output = copy_run(finished_run, tmp_path)
+    job = load_job(write_job(tmp_path, output, tiling={"block_px": 512, "batch_size": 8, "precision": "float32"}))
+
+    with pytest.raises(JobError, match="tiling.precision 'auto', but this job sets 'float32'; set tiling.precision: auto"):
+        run_job(job)
 
 
 def test_no_resume_forgets_earlier_run(finished_run, tmp_path):
