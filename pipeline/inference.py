@@ -248,6 +248,25 @@ def _cluster_layout(client: distributed.Client, options: InferenceOptions) -> tu
     return gpus > 0, (gpus if gpus else task_threads), threads
 
 
+def _check_bfloat16_on_workers(client: distributed.Client, use_gpu: bool) -> None:
+    """Raise unless every worker that runs model tasks has native bfloat16 on its model device."""
+    from pipeline.model import bfloat16_available
+
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    model_workers = [
+        address for address, info in workers.items() if not use_gpu or info.get("resources", {}).get("GPU", 0)
+    ]
+    device = "cuda" if use_gpu else "cpu"
+    supported = client.run(bfloat16_available, device, workers=model_workers)
+    lacking = sorted(address for address, native in supported.items() if not native)
+    if lacking:
+        raise ValueError(
+            f"precision 'bfloat16' is not supported at native speed on the {device.upper()} of workers "
+            f"{', '.join(lacking)} (needs a CUDA GPU with bfloat16 or a CPU with AVX-512 BF16 / AMX); use 'auto' "
+            "(tiling.precision in a job file) for bfloat16 only on GPUs that have it, or 'float32'"
+        )
+
+
 def _manifest_url(manifest_url: str | None) -> str | None:
     if manifest_url is None or manifest_url.endswith(".json"):
         return manifest_url
@@ -309,6 +328,8 @@ def run_inference(
     manifest = Manifest.load(manifest_url, dict(cube.storage_options)) if manifest_url else None
     observation = Path(prediction_url.rstrip("/")).name.removesuffix(".zarr")
     use_gpu, slots, threads = _cluster_layout(client, options)
+    if options.precision == "bfloat16":
+        _check_bfloat16_on_workers(client, use_gpu)
 
     jobs = []
     for card in loaded:

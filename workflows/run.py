@@ -132,8 +132,8 @@ def _check_resumable(manifest: Manifest, plan: RunPlan) -> None:
             f"output {plan.job.output_root!r} contains a run with a different plan (grid, scenes, tiling or "
             "models changed); choose another output, or rerun with --no-resume to overwrite it"
         )
-    # The precision changes the predictions, but not the plan. An unrecorded
-    # precision is from a version whose only default was float32.
+    # The precision changes the predictions, but not the plan. A manifest
+    # without it counts as float32, the default before "auto".
     tiling = recorded.get("provenance", {}).get("job", {}).get("tiling", {})
     written_in = tiling.get("precision", "float32")
     if written_in != plan.job.tiling.precision:

@@ -406,11 +406,22 @@ def test_auto_precision_float32_on_cpu(client, cube, reference, tmp_path):
         assert np.array_equal(result[name], reference[name]), name
 
 
+@pytest.mark.skipif(not bfloat16_available("cpu"), reason="this CPU has no native bfloat16")
+def test_bfloat16_on_cpu_with_support_runs(client, cube, tmp_path):
+    options = dataclasses.replace(OPTIONS, precision="bfloat16")
+    report = run_inference(client, cube, str(tmp_path / "obs-1.zarr"), [TinyViTCard()], options)
+    assert report.cards[0].precisions == ("bfloat16",)
+    assert is_complete(str(tmp_path / "obs-1.zarr"))
+
+
 @pytest.mark.skipif(bfloat16_available("cpu"), reason="this CPU runs bfloat16 natively")
 def test_bfloat16_without_cpu_support_rejected(client, cube, tmp_path):
     options = dataclasses.replace(OPTIONS, precision="bfloat16")
-    with pytest.raises(ValueError, match="precision='bfloat16' is not supported at native speed on device 'cpu'"):
-        run_inference(client, cube, str(tmp_path / "obs-1.zarr"), [TinyViTCard()], options)
+    url = tmp_path / "obs-1.zarr"
+    with pytest.raises(ValueError, match=r"precision 'bfloat16' is not supported at native speed on the CPU of workers "
+                                         r"tcp://.*; use 'auto' \(tiling.precision in a job file\)"):
+        run_inference(client, cube, str(url), [TinyViTCard()], options)
+    assert not url.exists()
 
 
 def test_missing_cube_rejected(client, tmp_path):
