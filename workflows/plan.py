@@ -251,6 +251,8 @@ def format_plan(plan: RunPlan) -> str:
         f"  products    " + ", ".join(f"{product}: {name}" for product, name in summary["products"].items()),
         f"  output      {plan.job.output_root}",
         f"  cluster     {plan.job.cluster}",
+        f"  tiling      blocks of {plan.job.tiling.block_px} px, batches of {plan.job.tiling.batch_size}, "
+        f"precision {plan.job.tiling.precision}",
         f"  observations ({len(summary['observations'])}):",
     ]
     for obs in summary["observations"]:

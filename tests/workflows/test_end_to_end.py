@@ -207,6 +207,7 @@ def test_cli_dry_run_and_inspect(finished_run, tmp_path):
     assert "EPSG:32618" in dry.stdout
     assert "104.0 km²" in dry.stdout
     assert "p=16" in dry.stdout
+    assert "blocks of 512 px, batches of 8, precision auto" in dry.stdout
     assert not (tmp_path / "out" / layout.INPUTS_DIR).exists()
 
     job, summary = finished_run
