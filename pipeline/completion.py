@@ -55,7 +55,7 @@ def is_complete(url: str, storage_options: Mapping[str, Any] | None = None) -> b
     return attrs is not None and COMPLETION_ATTR in attrs
 
 
-def completion_info(url: str) -> dict[str, Any]:
+def completion_info(url: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Return the completion record of the store at ``url``.
 
     Raises
@@ -63,7 +63,7 @@ def completion_info(url: str) -> dict[str, Any]:
     IncompleteStoreError
         If the store is missing or has no completion record.
     """
-    attrs = _root_attrs(url)
+    attrs = _root_attrs(url, storage_options)
     if attrs is None or COMPLETION_ATTR not in attrs:
         raise IncompleteStoreError(_incomplete_message(url))
     return dict(attrs[COMPLETION_ATTR])

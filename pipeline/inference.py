@@ -45,7 +45,7 @@ from pipeline.blocks import (
     write_block,
 )
 from pipeline.chunk_io import remove_partial_files
-from pipeline.completion import clear_complete, mark_complete
+from pipeline.completion import IncompleteStoreError, clear_complete, completion_info, mark_complete
 from pipeline.manifest import Manifest
 from pipeline.prediction_store import check_prediction_store, create_prediction_store, open_cube
 from pipeline.stores import is_remote, local_path
@@ -360,6 +360,10 @@ def run_inference(
     storage_options = dict(cube.storage_options)
     # Checked before the completion record goes, so a rejected run leaves the store as it was.
     missing = check_prediction_store(cube, prediction_url, jobs, options.chunk_px)
+    try:
+        earlier_precisions = completion_info(prediction_url, storage_options).get("precisions", {})
+    except IncompleteStoreError:
+        earlier_precisions = {}
     # A store left by an interrupted rerun must not read as complete.
     clear_complete(prediction_url, storage_options)
     done = manifest.done_blocks("infer", observation) if manifest else set()
@@ -400,6 +404,11 @@ def run_inference(
     mark_complete(prediction_url, {
         "stage": "infer",
         "cards": {job.card.name: job.fingerprint for job in jobs},
+        # What the model tasks of this run and of the run that completed the store before ran in.
+        "precisions": {
+            card.card: sorted(set(card.precisions) | set(earlier_precisions.get(card.card, [])))
+            for card in report.cards
+        },
         "blocks": sum(len(job.plan) for job in jobs),
         "tiles_run": report.tiles_run,
     }, storage_options)

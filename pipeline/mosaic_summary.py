@@ -72,6 +72,7 @@ def describe_mosaic(url: str) -> dict[str, Any]:
     record = root_attrs.get(COMPLETION_ATTR, {})
     if summary["complete"] and record.get("stage") == "infer":
         summary["cards"] = dict(record.get("cards", {}))
+        summary["precisions"] = dict(record.get("precisions", {}))
     if summary["complete"] and layout.LANDCOVER_VAR in dataset:
         summary.update(_class_shares(dataset[layout.LANDCOVER_VAR], root_attrs.get("class_pixel_counts")))
     return summary

@@ -112,8 +112,10 @@ def run(job_file: Path, dry_run: bool, resume: bool | None, cluster_profile: str
         click.echo(f"  already done  {', '.join(summary.resumed_stages)} (from an earlier run)")
     for product in summary.seeded_random_products:
         click.echo(f"  NOTE          {product} used seeded-random weights: structure, not real classes")
+    # Paths start in the column of the lines above, or further right for a longer name.
+    width = max([13, *(len(name) for name in summary.outputs)])
     for name, path in summary.outputs.items():
-        click.echo(f"  {name:<13} {path}")
+        click.echo(f"  {name:<{width}} {path}")
 
 
 def _check_output_root(output_root: str) -> None:
@@ -227,8 +229,10 @@ def _format_inspect(store: str, info: dict[str, Any]) -> str:
             lines.append(f"  model       {product}: {model.get('card')} ({model.get('weights')}, {str(model.get('fingerprint'))[:12]})")
         items = provenance.get("input_items", [])
         lines.append(f"  inputs      {len(items)} item(s): {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}")
+    precisions = info.get("precisions", {})
     for name, fingerprint in info.get("cards", {}).items():
-        lines.append(f"  model card  {name} ({str(fingerprint)[:12]})")
+        ran_in = ", ".join(precisions.get(name, []))
+        lines.append(f"  model card  {name} ({str(fingerprint)[:12]}{', ' + ran_in if ran_in else ''})")
     return "\n".join(lines)
 
 

@@ -223,10 +223,10 @@ def test_cli_dry_run_and_inspect(finished_run, tmp_path):
     assert inspect.returncode == 0, inspect.stderr
     assert "complete    True" in inspect.stdout
     assert "land cover class shares:" in inspect.stdout
-    # The prediction store names the model cards it was predicted with.
+    # The prediction store names the model cards it was predicted with, and the precision they ran in.
     cards = [line for line in inspect.stdout.splitlines() if line.startswith("  model card  ")]
     assert len(cards) == 2
-    assert all(re.search(r" \([0-9a-f]{12}\)$", line) for line in cards)
+    assert all(re.search(r" \([0-9a-f]{12}, float32\)$", line) for line in cards)
 
 
 def test_cli_inspect_rejects_non_stores(tmp_path):
