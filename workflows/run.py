@@ -144,6 +144,18 @@ def _check_resumable(manifest: Manifest, plan: RunPlan) -> None:
         )
 
 
+def _cube_usable(plan: RunPlan, manifest: Manifest, observation: ObservationPlan) -> bool:
+    """Return whether an ingested observation needs no new input cube: its cube is complete, or no stage reads it."""
+    if is_complete(plan.cube_url(observation)):
+        return True
+    if manifest.is_done("infer", observation.observation_id) and is_complete(plan.prediction_url(observation)):
+        # Its predictions are complete, so the deleted cube is not needed.
+        return True
+    logger.info("ingest: %s is in the manifest, but its input cube %s is missing or incomplete; writing it again",
+                observation.observation_id, plan.cube_url(observation))
+    return False
+
+
 def _ingest(
     plan: RunPlan, client: distributed.Client, manifest: Manifest, progress: Progress | None
 ) -> tuple[list[ObservationPlan], list[ObservationPlan]]:
@@ -162,7 +174,9 @@ def _ingest(
     total = len(plan.observations)
 
     for index, observation in enumerate(plan.observations):
-        if plan.job.resume and manifest.is_done("ingest", observation.observation_id):
+        if plan.job.resume and manifest.is_done("ingest", observation.observation_id) and _cube_usable(
+            plan, manifest, observation
+        ):
             logger.info("ingest: %s already done, skipped", observation.observation_id)
             ingested.append(observation)
         else:
@@ -207,9 +221,9 @@ def _infer(
             if is_complete(prediction_url):
                 logger.info("infer: %s already done, skipped", observation.observation_id)
                 continue
-            # NOTE: blocks that the manifest lists as done are still skipped,
-            # so chunks deleted by hand are not rewritten. A run with
-            # --no-resume rewrites them.
+            # NOTE: blocks that the manifest lists as done are still skipped
+            # where the store has their variables, so chunks deleted by hand
+            # are not rewritten. A run with --no-resume rewrites them.
             logger.info("infer: %s is in the manifest, but its prediction store %s is not complete; resuming",
                         observation.observation_id, prediction_url)
 

@@ -357,6 +357,34 @@ def test_resume_rewrites_deleted_prediction_store(finished_run, tmp_path):
     assert layer_bytes(str(predictions)) == layer_bytes(str(theirs))
 
 
+def test_resume_rewrites_deleted_input_cube(finished_run, tmp_path):
+    output = copy_run(finished_run, tmp_path)
+    observation = make_plan(load_job(write_job(tmp_path, output))).observations[0].cube_name
+    cube = output / layout.INPUTS_DIR / observation
+    predictions = output / layout.PREDICTIONS_DIR / observation
+    shutil.rmtree(cube)
+    shutil.rmtree(predictions)
+
+    summary = run_job(load_job(write_job(tmp_path, output)))
+
+    assert summary.tiles > 0
+    assert is_complete(str(cube))
+    reference_job, _ = finished_run
+    theirs = Path(reference_job.output_root) / layout.PREDICTIONS_DIR / observation
+    assert layer_bytes(str(predictions)) == layer_bytes(str(theirs))
+
+
+def test_resume_without_needed_input_cube_skips_ingest(finished_run, tmp_path):
+    output = copy_run(finished_run, tmp_path)
+    observation = make_plan(load_job(write_job(tmp_path, output))).observations[0].cube_name
+    shutil.rmtree(output / layout.INPUTS_DIR / observation)
+
+    summary = run_job(load_job(write_job(tmp_path, output)))
+
+    assert summary.tiles == 0
+    assert not (output / layout.INPUTS_DIR / observation).exists()
+
+
 def test_resume_with_other_precision_rejected(finished_run, tmp_path):
     output = copy_run(finished_run, tmp_path)
     job = load_job(write_job(tmp_path, output, tiling={"block_px": 512, "batch_size": 8, "precision": "float32"}))
