@@ -257,6 +257,7 @@ def _check_bfloat16_on_workers(client: distributed.Client, use_gpu: bool) -> Non
         address for address, info in workers.items() if not use_gpu or info.get("resources", {}).get("GPU", 0)
     ]
     device = "cuda" if use_gpu else "cpu"
+    # NOTE: the CUDA branch has not run on a GPU yet. The tests cover the CPU branch only.
     supported = client.run(bfloat16_available, device, workers=model_workers)
     lacking = sorted(address for address, native in supported.items() if not native)
     if lacking:
@@ -404,7 +405,7 @@ def run_inference(
     mark_complete(prediction_url, {
         "stage": "infer",
         "cards": {job.card.name: job.fingerprint for job in jobs},
-        # What the model tasks of this run and of the run that completed the store before ran in.
+        # Precisions of this run's model tasks and of the earlier run that completed the store.
         "precisions": {
             card.card: sorted(set(card.precisions) | set(earlier_precisions.get(card.card, [])))
             for card in report.cards

@@ -42,7 +42,8 @@ def describe_mosaic(url: str) -> dict[str, Any]:
         the pixels with a class; only for a complete store), ``nodata_pct``,
         ``time_range`` and ``provenance``. For a complete prediction store
         also ``cards``, the model cards it was predicted with (name ->
-        fingerprint).
+        fingerprint), and ``precisions``, what each card's model ran in
+        (name -> list such as ``["float32"]``).
     """
     dataset = open_dataset(url)
     root_attrs = dict(zarr.open_group(zarr_store(url, "r"), mode="r", zarr_format=3).attrs)

@@ -138,7 +138,7 @@ def test_rerun_resumes_and_gives_same_bytes(client, cube, reference, tmp_path):
     again = run_inference(client, cube, url, [TinyViTCard()], OPTIONS, manifest_url=str(tmp_path))
     assert again.blocks_skipped == total
     assert again.blocks_done == 0
-    # No model task ran again, and the record keeps what the blocks were predicted in.
+    # No model task ran again, and the record keeps the precision the blocks were predicted in.
     assert again.cards[0].precisions == ()
     assert completion_info(url)["precisions"] == {again.cards[0].card: ["float32"]}
     assert (tmp_path / "manifest.json").exists()

@@ -327,23 +327,34 @@ def test_resume_rewrites_deleted_export(finished_run, tmp_path):
     assert summary.outputs["landcover_cog"] == str(cog)
 
 
+def observation_name(output: Path, tmp_path: Path) -> str:
+    """Return the store name of the job's only observation, for the run copied to ``output``."""
+    return make_plan(load_job(write_job(tmp_path, output))).observations[0].cube_name
+
+
+def assert_same_predictions(finished_run, output: Path, observation: str) -> None:
+    """Check that the predictions in ``output`` have the bytes of the finished run's."""
+    reference_job, _ = finished_run
+    ours = output / layout.PREDICTIONS_DIR / observation
+    theirs = Path(reference_job.output_root) / layout.PREDICTIONS_DIR / observation
+    assert layer_bytes(str(ours)) == layer_bytes(str(theirs))
+
+
 def test_resume_completes_incomplete_prediction_store(finished_run, tmp_path):
     output = copy_run(finished_run, tmp_path)
-    observation = make_plan(load_job(write_job(tmp_path, output))).observations[0].cube_name
+    observation = observation_name(output, tmp_path)
     predictions = output / layout.PREDICTIONS_DIR / observation
     clear_complete(str(predictions))
 
     run_job(load_job(write_job(tmp_path, output)))
 
     assert is_complete(str(predictions))
-    reference_job, _ = finished_run
-    theirs = Path(reference_job.output_root) / layout.PREDICTIONS_DIR / observation
-    assert layer_bytes(str(predictions)) == layer_bytes(str(theirs))
+    assert_same_predictions(finished_run, output, observation)
 
 
 def test_resume_rewrites_deleted_prediction_store(finished_run, tmp_path):
     output = copy_run(finished_run, tmp_path)
-    observation = make_plan(load_job(write_job(tmp_path, output))).observations[0].cube_name
+    observation = observation_name(output, tmp_path)
     predictions = output / layout.PREDICTIONS_DIR / observation
     shutil.rmtree(predictions)
     shutil.rmtree(output / layout.MOSAIC_NAME)
@@ -352,37 +363,32 @@ def test_resume_rewrites_deleted_prediction_store(finished_run, tmp_path):
 
     assert summary.tiles > 0
     assert is_complete(str(predictions))
-    reference_job, _ = finished_run
-    theirs = Path(reference_job.output_root) / layout.PREDICTIONS_DIR / observation
-    assert layer_bytes(str(predictions)) == layer_bytes(str(theirs))
+    assert_same_predictions(finished_run, output, observation)
 
 
 def test_resume_rewrites_deleted_input_cube(finished_run, tmp_path):
     output = copy_run(finished_run, tmp_path)
-    observation = make_plan(load_job(write_job(tmp_path, output))).observations[0].cube_name
+    observation = observation_name(output, tmp_path)
     cube = output / layout.INPUTS_DIR / observation
-    predictions = output / layout.PREDICTIONS_DIR / observation
     shutil.rmtree(cube)
-    shutil.rmtree(predictions)
+    shutil.rmtree(output / layout.PREDICTIONS_DIR / observation)
 
     summary = run_job(load_job(write_job(tmp_path, output)))
 
     assert summary.tiles > 0
     assert is_complete(str(cube))
-    reference_job, _ = finished_run
-    theirs = Path(reference_job.output_root) / layout.PREDICTIONS_DIR / observation
-    assert layer_bytes(str(predictions)) == layer_bytes(str(theirs))
+    assert_same_predictions(finished_run, output, observation)
 
 
-def test_resume_without_needed_input_cube_skips_ingest(finished_run, tmp_path):
+def test_resume_skips_unneeded_input_cube(finished_run, tmp_path):
     output = copy_run(finished_run, tmp_path)
-    observation = make_plan(load_job(write_job(tmp_path, output))).observations[0].cube_name
-    shutil.rmtree(output / layout.INPUTS_DIR / observation)
+    cube = output / layout.INPUTS_DIR / observation_name(output, tmp_path)
+    shutil.rmtree(cube)
 
     summary = run_job(load_job(write_job(tmp_path, output)))
 
     assert summary.tiles == 0
-    assert not (output / layout.INPUTS_DIR / observation).exists()
+    assert not cube.exists()
 
 
 def test_resume_with_other_precision_rejected(finished_run, tmp_path):
