@@ -153,14 +153,17 @@ def read_block(
         return np.asarray(array[:, y0:y1, x0:x1])
     # Room for the chunks of one block's halo: a column to its right, a row
     # below and the corner. The next block in the row reads the column soon.
-    # The row waits for the next row of blocks, so on scenes more than two
-    # blocks wide its older chunks are evicted and decoded again, which
-    # keeps the memory flat as scenes grow.
+    # The chunks below wait for the next row of blocks, so they are kept
+    # only where a whole row of them fits in that room. On wider scenes they
+    # would be evicted before the next row reads them.
     _, chunk_y, chunk_x = array.chunks
     block_y0, block_y1, block_x0, block_x1 = block
     halo_chunks = math.ceil((block_y1 - block_y0) / chunk_y) + math.ceil((block_x1 - block_x0) / chunk_x) + 1
+    keep_below = math.ceil(array.shape[2] / chunk_x) <= halo_chunks
     limit_bytes = halo_chunks * array.dtype.itemsize * math.prod(array.chunks)
-    return chunk_cache.read_region_cached(array, (cube.url, run), footprint, block, limit_bytes)
+    return chunk_cache.read_region_cached(
+        array, (cube.url, run), footprint, block, limit_bytes, keep_below=keep_below
+    )
 
 
 def _device() -> torch.device:

@@ -8,7 +8,8 @@ as halo keeps the decoded chunk, and the chunk's last reader takes it out of
 the cache. Blocks run in row-major order and halos reach down and right, so
 the last reader is the block that holds the chunk's last pixel. Each read
 passes a byte limit, and past it the oldest entries go, so the callers bound
-memory by the limit they pass.
+memory by the limit they pass. Chunks that only the next row of blocks reads
+can be left out, where they would be evicted before that row comes.
 
 Entries belong to one run: a read of another run first drops them all, so a
 run never reads chunks of an earlier one, even if the store was rewritten in
@@ -107,6 +108,7 @@ def read_region_cached(
     own: tuple[int, int, int, int],
     limit_bytes: int,
     cache: ChunkCache = CHUNKS,
+    keep_below: bool = True,
 ) -> np.ndarray:
     """Read ``array[:, y0:y1, x0:x1]`` of a ``(band, y, x)`` zarr array chunk by chunk through ``cache``.
 
@@ -124,6 +126,10 @@ def read_region_cached(
         for the blocks after it.
     limit_bytes
         Most bytes the cache may hold after this read.
+    keep_below
+        Whether to cache the chunks below ``own`` that do not reach right of
+        it, which only the next row of blocks reads. Without them the cache
+        holds only what the next block of the row reads.
     """
     y0, y1, x0, x1 = footprint
     bands, height, width = array.shape
@@ -133,13 +139,14 @@ def read_region_cached(
     for row, row_start, row_stop in chunk_ranges(y0, y1, chunk_y, height):
         for col, col_start, col_stop in chunk_ranges(x0, x1, chunk_x, width):
             last_reader = own[0] < row_stop <= own[1] and own[2] < col_stop <= own[3]
-            chunk = cache.get(run, (row, col), take=last_reader)
+            cache_it = not last_reader and (keep_below or col_stop > own[3])
+            chunk = cache.get(run, (row, col), take=not cache_it)
             if chunk is None:
                 if access is not None:
                     chunk = access.read((0, row, col))
                 else:
                     chunk = np.asarray(array[:, row_start:row_stop, col_start:col_stop])
-                if not last_reader:
+                if cache_it:
                     cache.put(run, (row, col), chunk, limit_bytes)
             top, bottom = max(y0, row_start), min(y1, row_stop)
             left, right = max(x0, col_start), min(x1, col_stop)
