@@ -81,12 +81,7 @@ class InferenceOptions:
         Torch threads per model task on CPU workers; ``None`` gives each task
         thread of a worker an equal share of the worker process's cores.
     blocks_in_flight
-        Blocks submitted ahead per model slot (a GPU, or a task thread of a
-        CPU worker); bounds memory. ``None`` chooses: two per GPU, so that
-        each GPU has a block read ahead. On CPU workers, whose model tasks
-        already use every core, one per task thread plus one read ahead per
-        worker, and every block at once for scenes of at most two blocks per
-        task thread.
+        Blocks submitted ahead per model slot (worker, or GPU); bounds memory.
     min_patch, max_patch
         Range the resolution-matched patch size is clamped to, in pixels.
     class_probabilities
@@ -103,7 +98,7 @@ class InferenceOptions:
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
     patch_size_override: int | None = None
     threads_per_worker: int | None = None
-    blocks_in_flight: int | None = None
+    blocks_in_flight: int = 2
     min_patch: int = 4
     max_patch: int = 64
     class_probabilities: bool = True
@@ -113,11 +108,9 @@ class InferenceOptions:
             raise ValueError(f"overlap_px must be >= 0, got {self.overlap_px}")
         if not 0.0 <= self.overlap_fraction <= 0.5:
             raise ValueError(f"overlap_fraction must be in [0, 0.5], got {self.overlap_fraction}")
-        for name in ("block_px", "chunk_px", "batch_size"):
+        for name in ("block_px", "chunk_px", "batch_size", "blocks_in_flight"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.blocks_in_flight is not None and self.blocks_in_flight < 1:
-            raise ValueError(f"blocks_in_flight must be at least 1 or None, got {self.blocks_in_flight}")
         if self.precision not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"precision {self.precision!r} is not supported; use 'auto', 'float32' or 'bfloat16'")
         if self.threads_per_worker is not None and self.threads_per_worker < 1:
@@ -226,32 +219,8 @@ def _token_grid(card: Any) -> int:
     return int(rows)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Layout:
-    """Placement of model tasks: on GPUs or not, model slots, workers, torch threads per model task on CPU."""
-
-    use_gpu: bool
-    slots: int
-    workers: int
-    threads: int | None
-
-    def blocks_in_flight(self, options: InferenceOptions, blocks: int) -> int:
-        """Return how many of a card's ``blocks`` (those to run) to keep submitted at once."""
-        if options.blocks_in_flight is not None:
-            return self.slots * options.blocks_in_flight
-        if self.use_gpu:
-            return 2 * self.slots
-        # On CPU a read takes a small part of a block's model time, so one
-        # block read ahead per worker keeps its threads busy. A scene of few
-        # blocks runs all at once. With one block ahead it waited for each
-        # write before the next block, 6 % slower at 2048 px (benchmark).
-        if blocks <= 2 * self.slots:
-            return max(1, blocks)
-        return self.slots + self.workers
-
-
-def _cluster_layout(client: distributed.Client, options: InferenceOptions) -> _Layout:
-    """Return the placement of model tasks and the torch threads per model task on CPU.
+def _cluster_layout(client: distributed.Client, options: InferenceOptions) -> tuple[bool, int, int | None]:
+    """Return (workers advertise GPUs, model slots, torch threads per model task on CPU).
 
     On GPU workers a slot is one GPU. On CPU workers every task thread is a
     slot: block tasks run the model side by side, and each gets an equal share
@@ -276,8 +245,7 @@ def _cluster_layout(client: distributed.Client, options: InferenceOptions) -> _L
             for address, cores in cores_by_host.items()
         ]
         threads = min(shares)
-    model_workers = sum(1 for info in workers.values() if not gpus or info.get("resources", {}).get("GPU", 0))
-    return _Layout(gpus > 0, gpus if gpus else task_threads, model_workers, threads)
+    return gpus > 0, (gpus if gpus else task_threads), threads
 
 
 def _check_bfloat16_on_workers(client: distributed.Client, use_gpu: bool) -> None:
@@ -360,9 +328,9 @@ def run_inference(
     manifest_url = _manifest_url(manifest_url)
     manifest = Manifest.load(manifest_url, dict(cube.storage_options)) if manifest_url else None
     observation = Path(prediction_url.rstrip("/")).name.removesuffix(".zarr")
-    placement = _cluster_layout(client, options)
+    use_gpu, slots, threads = _cluster_layout(client, options)
     if options.precision == "bfloat16":
-        _check_bfloat16_on_workers(client, placement.use_gpu)
+        _check_bfloat16_on_workers(client, use_gpu)
 
     jobs = []
     for card in loaded:
@@ -380,7 +348,7 @@ def run_inference(
             key += "-labels"
         jobs.append(CardJob(
             card=card, fingerprint=fingerprint, key=key, plan=plan, patch_px=patch_px, batch_size=options.batch_size,
-            precision=options.precision, threads=placement.threads, prediction_url=prediction_url,
+            precision=options.precision, threads=threads, prediction_url=prediction_url,
             storage_options=cube.storage_options, manifest_url=manifest_url, observation=observation,
             band_indices=_card_bands(card, cube.info.wavelengths_um), probabilities=probabilities,
             run=uuid.uuid4().hex[:8],
@@ -421,7 +389,7 @@ def run_inference(
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prediction-store") as pool:
         store_ready = pool.submit(create_prediction_store, cube, prediction_url, jobs, options.chunk_px)
         reports = [
-            _run_card(client, cube.info, job, done, placement, options, counter, store_ready)
+            _run_card(client, cube.info, job, done, use_gpu, slots * options.blocks_in_flight, counter, store_ready)
             for job in jobs
         ]
         store_ready.result()
@@ -480,15 +448,15 @@ def _run_card(
     cube: CubeInfo,
     job: CardJob,
     done_ids: set[str],
-    placement: _Layout,
-    options: InferenceOptions,
+    use_gpu: bool,
+    max_in_flight: int,
     progress: _Progress,
     store_ready: concurrent.futures.Future,
 ) -> CardReport:
     """Submit the block tasks of one card, a bounded number of blocks at a time, and wait for them.
 
     Write tasks are held back until ``store_ready`` (the creation of the
-    prediction store) is done, and count towards the blocks in flight meanwhile.
+    prediction store) is done, and count towards ``max_in_flight`` meanwhile.
     """
     plan = job.plan
     blocks = list(plan)
@@ -497,9 +465,8 @@ def _run_card(
     for block in blocks:
         if block.block_id not in done:
             needed.update(source.block_id for source in plan.spill_sources(block))
-    max_in_flight = placement.blocks_in_flight(options, len(needed))
 
-    resources = {"GPU": 1} if placement.use_gpu else None
+    resources = {"GPU": 1} if use_gpu else None
     run = job.run
     overlaps: dict[str, list[distributed.Future]] = {}
     active: set[distributed.Future] = set()

@@ -27,7 +27,7 @@ from inference_support import PointwiseCard, TinyViTCard, pointwise_logits, scen
 from pipeline import layout, model_cache
 from pipeline.blocks import LOGIT_LIMIT, LOGIT_SCALE
 from pipeline.completion import completion_info, is_complete
-from pipeline.inference import _Layout, InferenceOptions, run_inference
+from pipeline.inference import InferenceOptions, run_inference
 from pipeline.tiling import tile_grid
 
 HEIGHT, WIDTH = 150, 97
@@ -544,26 +544,8 @@ def test_overlap_wider_than_half_tile_rejected(client, cube, tmp_path):
         ({"batch_size": 0}, "batch_size must be at least 1"),
         ({"precision": "float16"}, "precision 'float16' is not supported; use 'auto', 'float32' or 'bfloat16'"),
         ({"threads_per_worker": 0}, "threads_per_worker must be at least 1"),
-        ({"blocks_in_flight": 0}, "blocks_in_flight must be at least 1 or None"),
     ],
 )
 def test_bad_options_rejected(keywords, match):
     with pytest.raises(ValueError, match=match):
         InferenceOptions(**keywords)
-
-
-@pytest.mark.parametrize(
-    ("placement", "blocks_in_flight", "blocks", "expected"),
-    [
-        (_Layout(use_gpu=False, slots=2, workers=1, threads=1), 3, 16, 6),  # set in the options: per slot
-        (_Layout(use_gpu=True, slots=2, workers=2, threads=None), None, 16, 4),  # two per GPU
-        (_Layout(use_gpu=False, slots=2, workers=1, threads=1), None, 16, 3),  # a read ahead per worker
-        (_Layout(use_gpu=False, slots=8, workers=4, threads=1), None, 100, 12),
-        (_Layout(use_gpu=False, slots=2, workers=1, threads=1), None, 4, 4),  # a small scene at once
-        (_Layout(use_gpu=False, slots=2, workers=1, threads=1), None, 0, 1),
-    ],
-)
-def test_blocks_in_flight_by_placement(placement, blocks_in_flight, blocks, expected):
-    options = InferenceOptions(blocks_in_flight=blocks_in_flight)
-
-    assert placement.blocks_in_flight(options, blocks) == expected
