@@ -14,7 +14,11 @@ For each model and scene size this script
    with the model-alone passes;
 4. three times, returns the worker's freed heap to the kernel (glibc
    ``malloc_trim``) and runs the stage once more, sampling the worker's RSS
-   every 0.1 s: the highest peak is the memory figure.
+   every 0.1 s: the highest peak is the memory figure;
+5. repeats step 4 in fresh clusters (``--memory-clusters``, 3 in all by
+   default), each after one stage run that loads the model, and reports each
+   cluster's highest peak and their median. A fresh worker's memory after
+   start-up varies by up to about 100 MB from one cluster to the next.
 
 Overhead ratio = stage wall seconds / (pure seconds per tile x tiles the
 stage ran), from the best stage run and the best model pass. The median of
@@ -226,6 +230,20 @@ def _release_free_heap() -> int:
     return ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def _memory_runs(client, worker_pids: list[int], cube: str, output: Path, card, options) -> list[RssSampler]:
+    """Run the stage three times, each after the worker returned its freed heap, sampling the worker's RSS."""
+    from pipeline.inference import run_inference
+
+    runs = []
+    for _ in range(3):
+        client.run(_release_free_heap)
+        subprocess.run(["rm", "-rf", str(output)], check=True)
+        with RssSampler(worker_pids) as run:
+            run_inference(client, cube, str(output), [card], options)
+        runs.append(run)
+    return runs
+
+
 def _cpu_seconds(pids: list[int]) -> float:
     import psutil
 
@@ -234,7 +252,7 @@ def _cpu_seconds(pids: list[int]) -> float:
 
 def run_one(model_name: str, size: int, work: Path, block_px: int, check: bool, repeat: int,
             dask_threads: int = THREADS, stage_threads: int | None = THREADS, probabilities: bool = True,
-            blocks_in_flight: int | None = None) -> dict:
+            blocks_in_flight: int | None = None, memory_clusters: int = 3) -> dict:
     import cloudpickle
     from distributed import Client, LocalCluster
 
@@ -282,14 +300,21 @@ def run_one(model_name: str, size: int, work: Path, block_px: int, check: bool, 
         # returns its freed heap to the kernel, so that what the model-alone
         # passes left behind (more at 4096 px, whose pass reads more tiles)
         # is not counted. The highest peak is kept.
-        memory_runs = []
-        for _ in range(3):
-            client.run(_release_free_heap)
-            subprocess.run(["rm", "-rf", str(output)], check=True)
-            with RssSampler(worker_pids) as memory_run:
-                run_inference(client, cube, str(output), [card], options)
-            memory_runs.append(memory_run)
+        memory_runs = _memory_runs(client, worker_pids, cube, output, card, options)
         memory_run = max(memory_runs, key=lambda run: run.peak)
+
+    # A fresh worker's memory after start-up varies by up to about 100 MB
+    # from one cluster to the next, so the same runs repeat in fresh
+    # clusters, each after one stage run that loads the model.
+    cluster_peaks = [memory_run.peak]
+    for _ in range(memory_clusters - 1):
+        with spawn_settings(MALLOC_ENVIRONMENT), \
+                LocalCluster(n_workers=1, threads_per_worker=dask_threads, processes=True, dashboard_address=None) as cluster, \
+                Client(cluster) as client:
+            subprocess.run(["rm", "-rf", str(output)], check=True)
+            run_inference(client, cube, str(output), [card], options)
+            runs = _memory_runs(client, list(client.run(os.getpid).values()), cube, output, card, options)
+            cluster_peaks.append(max(run.peak for run in runs))
 
     result = {
         "tool": "fleximo-pipeline run_inference",
@@ -325,6 +350,8 @@ def run_one(model_name: str, size: int, work: Path, block_px: int, check: bool, 
         "worker_peak_rss_mb": round(memory_run.peak / 2**20, 1),
         "worker_peak_rss_mb_memory_runs": [round(run.peak / 2**20, 1) for run in memory_runs],
         "worker_rss_at_start_mb": round(memory_run.start / 2**20, 1),
+        "worker_peak_rss_mb_by_cluster": [round(peak / 2**20, 1) for peak in cluster_peaks],
+        "worker_peak_rss_mb_median_of_clusters": round(float(np.median(cluster_peaks)) / 2**20, 1),
         "worker_peak_rss_mb_timed_runs": round(max(peaks) / 2**20, 1),
         "worker_maxrss_mb": round(max(maxrss_kib.values()) / 1024, 1),
         "matmul_precision": pure["matmul_precision"],
@@ -383,7 +410,11 @@ def main() -> None:
     parser.add_argument("--blocks-in-flight", type=int, default=None,
                         help="blocks submitted ahead per model slot (default: the stage's)")
     parser.add_argument("--repeat", type=int, default=2, help="timed runs of the model alone and of the stage; the best is kept")
+    parser.add_argument("--memory-clusters", type=int, default=3,
+                        help="clusters whose worker's peak memory is measured, the first the timed one (default: 3)")
     args = parser.parse_args()
+    if args.memory_clusters < 1:
+        parser.error(f"--memory-clusters must be at least 1, got {args.memory_clusters}")
 
     os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
     work = Path(args.work)
@@ -393,7 +424,8 @@ def main() -> None:
         for size in args.sizes:
             check = args.check and index == 0 and size == args.sizes[0]
             result = run_one(model_name, size, work, args.block_px, check, args.repeat, args.dask_threads,
-                             args.stage_threads, not args.without_probabilities, args.blocks_in_flight)
+                             args.stage_threads, not args.without_probabilities, args.blocks_in_flight,
+                             args.memory_clusters)
             with open(results, "a") as handle:
                 handle.write(json.dumps(result) + "\n")
             print(json.dumps(result))
