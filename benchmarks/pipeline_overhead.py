@@ -39,6 +39,7 @@ Results are appended as JSON lines to ``--results``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -230,6 +231,17 @@ def _release_free_heap() -> int:
     return ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+@contextlib.contextmanager
+def _worker_cluster(dask_threads: int):
+    """Start a cluster of one worker process with the project's malloc settings, and yield its client."""
+    from distributed import Client, LocalCluster
+
+    with spawn_settings(MALLOC_ENVIRONMENT), \
+            LocalCluster(n_workers=1, threads_per_worker=dask_threads, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        yield client
+
+
 def _memory_runs(client, worker_pids: list[int], cube: str, output: Path, card, options) -> list[RssSampler]:
     """Run the stage three times, each after the worker returned its freed heap, sampling the worker's RSS."""
     from pipeline.inference import run_inference
@@ -254,7 +266,6 @@ def run_one(model_name: str, size: int, work: Path, block_px: int, check: bool, 
             dask_threads: int = THREADS, stage_threads: int | None = THREADS, probabilities: bool = True,
             blocks_in_flight: int | None = None, memory_clusters: int = 3) -> dict:
     import cloudpickle
-    from distributed import Client, LocalCluster
 
     from pipeline import layout
     from pipeline.inference import InferenceOptions, run_inference
@@ -272,9 +283,7 @@ def run_one(model_name: str, size: int, work: Path, block_px: int, check: bool, 
     output = work / f"pred_{model_name}_{size}.zarr"
     subprocess.run(["rm", "-rf", str(output)], check=True)
 
-    with spawn_settings(MALLOC_ENVIRONMENT), \
-            LocalCluster(n_workers=1, threads_per_worker=dask_threads, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+    with _worker_cluster(dask_threads) as client:
         worker_pids = list(client.run(os.getpid).values())
         load_before = os.getloadavg()[0]
         # Model-alone passes and stage runs alternate, so that a change in the
@@ -304,13 +313,11 @@ def run_one(model_name: str, size: int, work: Path, block_px: int, check: bool, 
         memory_run = max(memory_runs, key=lambda run: run.peak)
 
     # A fresh worker's memory after start-up varies by up to about 100 MB
-    # from one cluster to the next, so the same runs repeat in fresh
+    # from one cluster to the next. So the same runs repeat in fresh
     # clusters, each after one stage run that loads the model.
     cluster_peaks = [memory_run.peak]
     for _ in range(memory_clusters - 1):
-        with spawn_settings(MALLOC_ENVIRONMENT), \
-                LocalCluster(n_workers=1, threads_per_worker=dask_threads, processes=True, dashboard_address=None) as cluster, \
-                Client(cluster) as client:
+        with _worker_cluster(dask_threads) as client:
             subprocess.run(["rm", "-rf", str(output)], check=True)
             run_inference(client, cube, str(output), [card], options)
             runs = _memory_runs(client, list(client.run(os.getpid).values()), cube, output, card, options)

@@ -76,22 +76,32 @@ def test_new_run_never_sees_old_chunks(cube):
     assert cache.get("first", (2, 2)) is None
 
 
-@pytest.mark.parametrize("width", [64, 256])
-def test_block_reads_keep_memory_flat_in_scene_width(tmp_path, width):
-    # 32 px blocks with a 12 px halo over 16 px chunks: a block's halo touches 2 + 2 + 1 chunks.
+def _read_every_block(tmp_path, width: int) -> list[tuple[int, int]]:
+    """Read each 32 px block of a 64 px high scene with a 12 px halo over 16 px chunks, as block tasks do.
+
+    Checks every read against the scene and returns the cache's chunks and
+    bytes after each.
+    """
     values = np.random.default_rng(2).integers(0, 10000, size=(2, 64, width)).astype(np.int16)
     group = zarr.open_group(tmp_path / "cube.zarr", mode="w")
     group.create_array(layout.REFLECTANCE_VAR, shape=values.shape, chunks=(2, 16, 16), dtype="int16")[:] = values
     cube = CubeInfo(str(tmp_path / "cube.zarr"), (), 64, width, (0.49, 0.56), -32768)
     chunk_cache.CHUNKS.clear()
 
-    largest = 0
+    sizes = []
     for y0 in range(0, 64, 32):
         for x0 in range(0, width, 32):
             footprint = (y0, min(y0 + 44, 64), x0, min(x0 + 44, width))
             data = read_block(cube, footprint, (y0, y0 + 32, x0, x0 + 32), f"run-{width}")
             assert np.array_equal(data, values[:, footprint[0]: footprint[1], footprint[2]: footprint[3]])
-            largest = max(largest, chunk_cache.CHUNKS.nbytes)
+            sizes.append((len(chunk_cache.CHUNKS), chunk_cache.CHUNKS.nbytes))
+    return sizes
+
+
+@pytest.mark.parametrize("width", [64, 256])
+def test_block_reads_keep_memory_flat_in_scene_width(tmp_path, width):
+    # A block's halo touches 2 + 2 + 1 chunks.
+    largest = max(nbytes for _, nbytes in _read_every_block(tmp_path, width))
 
     assert largest <= 5 * 2 * 16 * 16 * 2
 
@@ -105,7 +115,7 @@ def test_cache_can_skip_chunks_below(cube):
     assert cache.get("run", (2, 0)) is None
     assert cache.get("run", (2, 2)) is not None
 
-    # Block (0, 1) takes its own column and the corner, which only the next row reads now.
+    # Block (0, 1) takes its own column, and the corner, which now only the next row reads.
     got = read_region_cached(array, "run", (0, 42, 32, 70), (0, 32, 32, 64), 10**9, cache, keep_below=False)
     assert np.array_equal(got, values[:, 0:42, 32:70])
     assert len(cache) == 3  # chunks (0, 4), (1, 4) and (2, 4), which block (0, 2) reads
@@ -113,21 +123,9 @@ def test_cache_can_skip_chunks_below(cube):
 
 
 @pytest.mark.parametrize(("width", "most_chunks"), [(64, 5), (256, 3)])
-def test_block_reads_cache_chunks_below_if_row_fits(tmp_path, width, most_chunks):
-    # 32 px blocks with a 12 px halo over 16 px chunks. At 64 px a row of
-    # chunks (4) fits in the room of one halo (5) and waits for the next row.
-    values = np.random.default_rng(3).integers(0, 10000, size=(2, 64, width)).astype(np.int16)
-    group = zarr.open_group(tmp_path / "cube.zarr", mode="w")
-    group.create_array(layout.REFLECTANCE_VAR, shape=values.shape, chunks=(2, 16, 16), dtype="int16")[:] = values
-    cube = CubeInfo(str(tmp_path / "cube.zarr"), (), 64, width, (0.49, 0.56), -32768)
-    chunk_cache.CHUNKS.clear()
-
-    counts = []
-    for y0 in range(0, 64, 32):
-        for x0 in range(0, width, 32):
-            footprint = (y0, min(y0 + 44, 64), x0, min(x0 + 44, width))
-            data = read_block(cube, footprint, (y0, y0 + 32, x0, x0 + 32), f"rows-{width}")
-            assert np.array_equal(data, values[:, footprint[0]: footprint[1], footprint[2]: footprint[3]])
-            counts.append(len(chunk_cache.CHUNKS))
+def test_chunks_below_cached_if_row_fits(tmp_path, width, most_chunks):
+    # At 64 px a row of chunks (4) fits in the room of one halo (5), so the
+    # chunks below a block wait there for the next row. At 256 px they do not.
+    counts = [count for count, _ in _read_every_block(tmp_path, width)]
 
     assert max(counts) == most_chunks

@@ -352,31 +352,26 @@ def test_resume_completes_incomplete_prediction_store(finished_run, tmp_path):
     assert_same_predictions(finished_run, output, observation)
 
 
-def test_resume_rewrites_deleted_prediction_store(finished_run, tmp_path):
+@pytest.mark.parametrize(
+    ("deleted", "rewritten"),
+    [(("predictions", "mosaic"), "predictions"), (("cube", "predictions"), "cube")],
+    ids=["prediction-store", "input-cube"],
+)
+def test_resume_rewrites_deleted_store(finished_run, tmp_path, deleted, rewritten):
     output = copy_run(finished_run, tmp_path)
     observation = observation_name(output, tmp_path)
-    predictions = output / layout.PREDICTIONS_DIR / observation
-    shutil.rmtree(predictions)
-    shutil.rmtree(output / layout.MOSAIC_NAME)
+    folders = {
+        "cube": output / layout.INPUTS_DIR / observation,
+        "predictions": output / layout.PREDICTIONS_DIR / observation,
+        "mosaic": output / layout.MOSAIC_NAME,
+    }
+    for name in deleted:
+        shutil.rmtree(folders[name])
 
     summary = run_job(load_job(write_job(tmp_path, output)))
 
     assert summary.tiles > 0
-    assert is_complete(str(predictions))
-    assert_same_predictions(finished_run, output, observation)
-
-
-def test_resume_rewrites_deleted_input_cube(finished_run, tmp_path):
-    output = copy_run(finished_run, tmp_path)
-    observation = observation_name(output, tmp_path)
-    cube = output / layout.INPUTS_DIR / observation
-    shutil.rmtree(cube)
-    shutil.rmtree(output / layout.PREDICTIONS_DIR / observation)
-
-    summary = run_job(load_job(write_job(tmp_path, output)))
-
-    assert summary.tiles > 0
-    assert is_complete(str(cube))
+    assert is_complete(str(folders[rewritten]))
     assert_same_predictions(finished_run, output, observation)
 
 
