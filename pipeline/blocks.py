@@ -447,15 +447,18 @@ def predict_block(job: CardJob, block: Block, data: np.ndarray, cube: CubeInfo) 
     )
 
 
-def overlap_into(prediction: BlockPrediction, target: Block, *, copy: bool = True) -> Overlap | None:
-    """Cut out the part of a block's blend sums that lies inside a neighbouring block.
+def overlap_into(prediction: BlockPrediction, region: tuple[int, int, int, int], *,
+                 copy: bool = True) -> Overlap | None:
+    """Cut out the part of a block's blend sums that lies inside ``region`` ``(y0, y1, x0, x1)`` of the scene.
 
-    With ``copy=False`` the overlap contains views of the prediction's arrays.
+    The region is a neighbouring block, or a strip that reaches several
+    (:meth:`~pipeline.tiling.BlockPlan.spill_regions`). With ``copy=False``
+    the overlap contains views of the prediction's arrays.
     """
     if prediction.logit_sum is None:
         return None
-    y0, y1 = max(prediction.y0, target.y0), min(prediction.y1, target.y1)
-    x0, x1 = max(prediction.x0, target.x0), min(prediction.x1, target.x1)
+    y0, y1 = max(prediction.y0, region[0]), min(prediction.y1, region[1])
+    x0, x1 = max(prediction.x0, region[2]), min(prediction.x1, region[3])
     if y0 >= y1 or x0 >= x1:
         return None
     rows = slice(y0 - prediction.y0, y1 - prediction.y0)
@@ -571,7 +574,7 @@ def write_block(
     """Add the neighbours' overlaps, turn logits into outputs, write the block's region, mark it done."""
     height, width = block.y1 - block.y0, block.x1 - block.x0
     nodata = prediction.nodata.copy()
-    parts = [overlap_into(prediction, block, copy=False), *overlaps]
+    parts = [overlap_into(prediction, (block.y0, block.y1, block.x0, block.x1), copy=False), *overlaps]
     parts = [part for part in parts if part is not None]
     has_data = bool(parts)
     if has_data:

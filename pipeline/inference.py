@@ -511,12 +511,17 @@ def _run_card(
         prediction = client.submit(
             predict_block, job, block, data, cube, key=f"predict-{name}", resources=resources, priority=-2 * index
         )
-        for target in plan.spill_targets(block):
-            if target.block_id not in done:
-                overlaps.setdefault(target.block_id, []).append(client.submit(
-                    overlap_into, prediction, target,
-                    key=f"overlap-{name}-{target.block_id}", priority=1 - 2 * index,
-                ))
+        # One overlap task per part of the footprint outside the block: the
+        # strip below serves the blocks below and diagonally below alike.
+        for region, targets in plan.spill_regions(block):
+            targets = [target for target in targets if target.block_id not in done]
+            if not targets:
+                continue
+            overlap = client.submit(
+                overlap_into, prediction, region, key=f"overlap-{name}-{targets[0].block_id}", priority=1 - 2 * index,
+            )
+            for target in targets:
+                overlaps.setdefault(target.block_id, []).append(overlap)
         if block.block_id in done:
             active.add(client.submit(prediction_stats, prediction, key=f"stats-{name}", priority=1 - 2 * index))
         else:

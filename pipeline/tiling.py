@@ -290,7 +290,7 @@ class BlockPlan:
     the model exactly once. Its blended output also reaches at most one tile
     beyond that block, into the neighbours to the right, below and diagonally
     below-right (the block side is at least one tile), which :meth:`spill_targets`
-    names.
+    names and :meth:`spill_regions` cuts into a part to the right and a strip below.
     """
 
     grid: TileGrid
@@ -371,6 +371,24 @@ class BlockPlan:
             if reaches_y and reaches_x:
                 targets.append(neighbour)
         return targets
+
+    def spill_regions(self, block: Block) -> list[tuple[tuple[int, int, int, int], list[Block]]]:
+        """Return the parts ``(y0, y1, x0, x1)`` of the block's footprint outside it, each with the blocks it reaches.
+
+        The part to the right reaches the neighbour to the right. The strip
+        below, with the corner, reaches the neighbour below and the diagonal
+        one, so one copy of it serves both.
+        """
+        _, y1, _, x1 = self.footprint(block)
+        targets = self.spill_targets(block)
+        right = [target for target in targets if target.row == block.row]
+        below = [target for target in targets if target.row != block.row]
+        regions = []
+        if right:
+            regions.append(((block.y0, block.y1, block.x1, x1), right))
+        if below:
+            regions.append(((block.y1, y1, block.x0, x1), below))
+        return regions
 
     def spill_sources(self, block: Block) -> list[Block]:
         """Return the neighbouring blocks whose tiles reach into ``block``."""

@@ -236,6 +236,30 @@ def test_block_plan_overlaps_reach_neighbours_only():
                 assert other in plan.spill_targets(b)
 
 
+@pytest.mark.parametrize("height, width, block_px", [(150, 97, 32), (1030, 300, 1024), (2048, 2048, 1024), (64, 64, 64)])
+def test_spill_regions_cover_footprint_outside_block(height, width, block_px):
+    grid = tile_grid(height, width, 32 if block_px < 1024 else 256, 8 if block_px < 1024 else 64)
+    plan = plan_blocks(grid, block_px, block_px)
+    for b in plan:
+        y0, y1, x0, x1 = plan.footprint(b)
+        outside = np.ones((y1 - y0, x1 - x0), dtype=np.int64)
+        outside[: b.y1 - y0, : b.x1 - x0] = 0
+        covered = np.zeros_like(outside)
+        listed = []
+        for (r0, r1, c0, c1), targets in plan.spill_regions(b):
+            covered[r0 - y0: r1 - y0, c0 - x0: c1 - x0] += 1
+            listed += targets
+            # Each pixel of a region lies in one of the blocks it lists.
+            inside = np.zeros_like(outside)
+            for target in targets:
+                inside[max(target.y0, r0) - y0: min(target.y1, r1) - y0,
+                       max(target.x0, c0) - x0: min(target.x1, c1) - x0] += 1
+            assert inside[r0 - y0: r1 - y0, c0 - x0: c1 - x0].min() == 1
+        # The regions cover the footprint outside the block once, and name every target once.
+        assert (covered == outside).all()
+        assert sorted(t.block_id for t in listed) == sorted(t.block_id for t in plan.spill_targets(b))
+
+
 def test_block_plan_empty_edge_block():
     # The last block row (1024..1030) owns no tile: tile 5 (960..1216) of the first block covers it.
     plan = plan_blocks(tile_grid(1030, 300, 256, 64), 1024, 512)
