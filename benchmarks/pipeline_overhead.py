@@ -239,6 +239,7 @@ def _worker_cluster(dask_threads: int):
     with spawn_settings(MALLOC_ENVIRONMENT), \
             LocalCluster(n_workers=1, threads_per_worker=dask_threads, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
+        client.wait_for_workers(1, timeout=120)
         yield client
 
 

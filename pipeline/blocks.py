@@ -447,6 +447,19 @@ def predict_block(job: CardJob, block: Block, data: np.ndarray, cube: CubeInfo) 
     )
 
 
+def read_and_predict_block(job: CardJob, block: Block, cube: CubeInfo) -> BlockPrediction:
+    """Read the block's footprint and predict it in one task: :func:`read_block`, then :func:`predict_block`.
+
+    CPU workers run this instead of a read task and a model task. Their task
+    threads each read and run the model, so one thread's read overlaps the
+    other's model calls anyway. One task instead of two saves Dask's
+    per-task work, and the footprint is read only when a thread is free to
+    predict it, not held in memory while the block waits.
+    """
+    data = read_block(cube, job.plan.footprint(block), (block.y0, block.y1, block.x0, block.x1), job.run)
+    return predict_block(job, block, data, cube)
+
+
 def overlap_into(prediction: BlockPrediction, region: tuple[int, int, int, int], *,
                  copy: bool = True) -> Overlap | None:
     """Cut out the part of a block's blend sums that lies inside ``region`` ``(y0, y1, x0, x1)`` of the scene.

@@ -4,13 +4,17 @@ For each model card the scene is tiled with a patch size matched to its GSD
 (:mod:`pipeline.tiling`) and split into blocks. Per block, three kinds of
 task run (:mod:`pipeline.blocks`):
 
-1. ``read``: the block plus the reach of its tiles, from the Zarr cube, on
-   any worker (no resource), so the next block's I/O overlaps this block's
-   model time;
+1. ``read``: the block plus the reach of its tiles, from the Zarr cube. On
+   GPU workers it is a task of its own without the GPU resource, so the
+   next block's I/O overlaps this block's model time. On CPU workers the
+   ``predict`` task reads: each task thread reads and runs the model, so
+   the threads overlap one another's I/O, and one task fewer per block
+   saves Dask's work for it;
 2. ``predict``: the block's own tiles through the model, blended into
    integer sums; it asks for ``GPU=1`` when the workers advertise GPUs;
 3. ``write``: the block's own sums plus what the tiles of its upper and left
-   neighbours contribute, turned into uint8 outputs and written into the
+   neighbours contribute (``overlap`` tasks copy those edges out of the
+   neighbours' sums), turned into uint8 outputs and written into the
    prediction store as a chunk-aligned region, then marked done.
 
 Each tile is run once. Blocks are submitted as explicit futures in row-major
@@ -41,6 +45,7 @@ from pipeline.blocks import (
     overlap_into,
     predict_block,
     prediction_stats,
+    read_and_predict_block,
     read_block,
     write_block,
 )
@@ -504,13 +509,21 @@ def _run_card(
             collect(finished)
 
         name = f"{job.key}-{block.block_id}-{run}"
-        data = client.submit(
-            read_block, cube, plan.footprint(block), (block.y0, block.y1, block.x0, block.x1), run,
-            key=f"read-{name}", priority=-2 * index,
-        )
-        prediction = client.submit(
-            predict_block, job, block, data, cube, key=f"predict-{name}", resources=resources, priority=-2 * index
-        )
+        if use_gpu:
+            # The read is a task without the GPU resource, so that a GPU
+            # worker reads the next block while its model task runs.
+            data = client.submit(
+                read_block, cube, plan.footprint(block), (block.y0, block.y1, block.x0, block.x1), run,
+                key=f"read-{name}", priority=-2 * index,
+            )
+            prediction = client.submit(
+                predict_block, job, block, data, cube, key=f"predict-{name}", resources=resources, priority=-2 * index
+            )
+            del data
+        else:
+            prediction = client.submit(
+                read_and_predict_block, job, block, cube, key=f"predict-{name}", priority=-2 * index
+            )
         # One overlap task per part of the footprint outside the block: the
         # strip below serves the blocks below and diagonally below alike.
         for region, targets in plan.spill_regions(block):
@@ -527,7 +540,7 @@ def _run_card(
         else:
             pending_writes.append((block, prediction, overlaps.pop(block.block_id, []), name, 1 - 2 * index))
             submit_pending_writes()
-        del data, prediction
+        del prediction
 
     submit_pending_writes(wait=True)
     while active:

@@ -301,6 +301,17 @@ def test_checkpoint_loaded_once_per_worker(client, cube, tmp_path):
     assert sum(loads.values()) >= 1
 
 
+def test_cpu_model_tasks_read_their_blocks(client, cube, tmp_path):
+    with distributed.get_task_stream(client) as stream:
+        report = run_inference(client, cube, str(tmp_path / "obs-1.zarr"), [TinyViTCard()], OPTIONS)
+
+    kinds = [str(record["key"]).split("-")[0] for record in stream.data]
+    assert report.blocks_done == 20
+    assert kinds.count("predict") == 20
+    assert kinds.count("write") == 20
+    assert "read" not in kinds
+
+
 @pytest.fixture(scope="module")
 def gpu_client():
     """A cluster where only one of two workers advertises ``GPU=1``."""
@@ -332,6 +343,9 @@ def test_model_tasks_only_on_gpu_worker(gpu_client, cube, tmp_path):
     predicts = [record for record in stream.data if str(record["key"]).startswith("predict-")]
     assert len(predicts) == 20
     assert {record["worker"] for record in predicts} == {gpu_worker}
+    # Reads are tasks of their own, so that they can run beside the model tasks.
+    reads = [record for record in stream.data if str(record["key"]).startswith("read-")]
+    assert len(reads) == 20
     calls = [line.split() for line in log.read_text().splitlines()]
     assert len(calls) >= 10  # blocks whose tiles are all nodata, or that own no tile, make no call
     assert {int(pid) for pid, _ in calls} == {gpu_pid}
