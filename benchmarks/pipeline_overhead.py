@@ -15,7 +15,7 @@ For each model and scene size this script
 4. three times, returns the worker's freed heap to the kernel (glibc
    ``malloc_trim``) and runs the stage once more, sampling the worker's RSS
    every 0.1 s: the highest peak is the memory figure;
-5. repeats step 4 in fresh clusters (``--memory-clusters``, 3 in all by
+5. repeats step 4 in fresh clusters (``--memory-clusters``, 5 in all by
    default), each after one stage run that loads the model, and reports each
    cluster's highest peak and their median. A fresh worker's memory after
    start-up varies by up to about 100 MB from one cluster to the next.
@@ -265,7 +265,7 @@ def _cpu_seconds(pids: list[int]) -> float:
 
 def run_one(model_name: str, size: int, work: Path, block_px: int, check: bool, repeat: int,
             dask_threads: int = THREADS, stage_threads: int | None = THREADS, probabilities: bool = True,
-            blocks_in_flight: int | None = None, memory_clusters: int = 3) -> dict:
+            blocks_in_flight: int | None = None, memory_clusters: int = 5) -> dict:
     import cloudpickle
 
     from pipeline import layout
@@ -418,8 +418,8 @@ def main() -> None:
     parser.add_argument("--blocks-in-flight", type=int, default=None,
                         help="blocks submitted ahead per model slot (default: the stage's)")
     parser.add_argument("--repeat", type=int, default=2, help="timed runs of the model alone and of the stage; the best is kept")
-    parser.add_argument("--memory-clusters", type=int, default=3,
-                        help="clusters whose worker's peak memory is measured, the first the timed one (default: 3)")
+    parser.add_argument("--memory-clusters", type=int, default=5,
+                        help="clusters whose worker's peak memory is measured, the first the timed one (default: 5)")
     args = parser.parse_args()
     if args.memory_clusters < 1:
         parser.error(f"--memory-clusters must be at least 1, got {args.memory_clusters}")
