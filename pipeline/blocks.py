@@ -456,7 +456,7 @@ def read_and_predict_block(job: CardJob, block: Block, cube: CubeInfo) -> BlockP
     per-task work, and the footprint is read only when a thread is free to
     predict it, not held in memory while the block waits.
     """
-    data = read_block(cube, job.plan.footprint(block), (block.y0, block.y1, block.x0, block.x1), job.run)
+    data = read_block(cube, job.plan.footprint(block), block.region, job.run)
     return predict_block(job, block, data, cube)
 
 
@@ -587,7 +587,7 @@ def write_block(
     """Add the neighbours' overlaps, turn logits into outputs, write the block's region, mark it done."""
     height, width = block.y1 - block.y0, block.x1 - block.x0
     nodata = prediction.nodata.copy()
-    parts = [overlap_into(prediction, (block.y0, block.y1, block.x0, block.x1), copy=False), *overlaps]
+    parts = [overlap_into(prediction, block.region, copy=False), *overlaps]
     parts = [part for part in parts if part is not None]
     has_data = bool(parts)
     if has_data:

@@ -7,9 +7,9 @@ task run (:mod:`pipeline.blocks`):
 1. ``read``: the block plus the reach of its tiles, from the Zarr cube. On
    GPU workers it is a task of its own without the GPU resource, so the
    next block's I/O overlaps this block's model time. On CPU workers the
-   ``predict`` task reads: each task thread reads and runs the model, so
-   the threads overlap one another's I/O, and one task fewer per block
-   saves Dask's work for it;
+   ``predict`` task reads the block itself. Each task thread reads and runs
+   the model, so the threads overlap one another's I/O, and one task fewer
+   per block saves Dask's per-task work.
 2. ``predict``: the block's own tiles through the model, blended into
    integer sums; it asks for ``GPU=1`` when the workers advertise GPUs;
 3. ``write``: the block's own sums plus what the tiles of its upper and left
@@ -513,7 +513,7 @@ def _run_card(
             # The read is a task without the GPU resource, so that a GPU
             # worker reads the next block while its model task runs.
             data = client.submit(
-                read_block, cube, plan.footprint(block), (block.y0, block.y1, block.x0, block.x1), run,
+                read_block, cube, plan.footprint(block), block.region, run,
                 key=f"read-{name}", priority=-2 * index,
             )
             prediction = client.submit(

@@ -277,6 +277,11 @@ class Block:
         return f"r{self.row:04d}c{self.col:04d}"
 
     @property
+    def region(self) -> tuple[int, int, int, int]:
+        """Output region ``(y0, y1, x0, x1)`` in scene pixels."""
+        return self.y0, self.y1, self.x0, self.x1
+
+    @property
     def tile_count(self) -> int:
         """Number of tiles the block owns."""
         return len(self.tile_rows) * len(self.tile_cols)

@@ -236,17 +236,19 @@ def test_block_plan_overlaps_reach_neighbours_only():
                 assert other in plan.spill_targets(b)
 
 
-@pytest.mark.parametrize("height, width, block_px", [(150, 97, 32), (1030, 300, 1024), (2048, 2048, 1024), (64, 64, 64)])
-def test_spill_regions_cover_footprint_outside_block(height, width, block_px):
-    grid = tile_grid(height, width, 32 if block_px < 1024 else 256, 8 if block_px < 1024 else 64)
-    plan = plan_blocks(grid, block_px, block_px)
-    for b in plan:
-        y0, y1, x0, x1 = plan.footprint(b)
+@pytest.mark.parametrize(
+    ("height", "width", "tile", "overlap", "block_px"),
+    [(150, 97, 32, 8, 32), (64, 64, 32, 8, 64), (1030, 300, 256, 64, 1024), (2048, 2048, 256, 64, 1024)],
+)
+def test_spill_regions_cover_outside_once(height, width, tile, overlap, block_px):
+    plan = plan_blocks(tile_grid(height, width, tile, overlap), block_px, block_px)
+    for block in plan:
+        y0, y1, x0, x1 = plan.footprint(block)
         outside = np.ones((y1 - y0, x1 - x0), dtype=np.int64)
-        outside[: b.y1 - y0, : b.x1 - x0] = 0
+        outside[: block.y1 - y0, : block.x1 - x0] = 0
         covered = np.zeros_like(outside)
         listed = []
-        for (r0, r1, c0, c1), targets in plan.spill_regions(b):
+        for (r0, r1, c0, c1), targets in plan.spill_regions(block):
             covered[r0 - y0: r1 - y0, c0 - x0: c1 - x0] += 1
             listed += targets
             # Each pixel of a region lies in one of the blocks it lists.
@@ -257,7 +259,7 @@ def test_spill_regions_cover_footprint_outside_block(height, width, block_px):
             assert inside[r0 - y0: r1 - y0, c0 - x0: c1 - x0].min() == 1
         # The regions cover the footprint outside the block once, and name every target once.
         assert (covered == outside).all()
-        assert sorted(t.block_id for t in listed) == sorted(t.block_id for t in plan.spill_targets(b))
+        assert sorted(t.block_id for t in listed) == sorted(t.block_id for t in plan.spill_targets(block))
 
 
 def test_block_plan_empty_edge_block():
