@@ -5,10 +5,11 @@ the right. The halo lies in chunks that the neighbouring blocks own, and
 zarr decodes a whole chunk for any part of it, so without a cache each halo
 chunk is decoded twice or four times. With it, the block that reads a chunk
 as halo keeps the decoded chunk, and the chunk's last reader takes it out of
-the cache. Blocks run in row-major order and halos reach down and right, so
-the last reader is the block that holds the chunk's last pixel. Each read
-passes a byte limit, and past it the oldest entries go, so the callers bound
-memory by the limit they pass. A read can also leave out the chunks that only
+the cache. Each block runs after the blocks above it and to its left (see
+:meth:`pipeline.tiling.BlockPlan.in_row_pairs`) and halos reach down and
+right, so the last reader is the block that holds the chunk's last pixel.
+Each read passes a byte limit, and past it the oldest entries go, so the
+callers bound memory by the limit they pass. A read can also leave out the chunks that only
 the next row of blocks reads, on scenes where they would be evicted before
 that row reads them.
 

@@ -17,8 +17,11 @@ task run (:mod:`pipeline.blocks`):
    neighbours' sums), turned into uint8 outputs and written into the
    prediction store as a chunk-aligned region, then marked done.
 
-Each tile is run once. Blocks are submitted as explicit futures in row-major
-order, a few at a time, so memory stays flat whatever the scene size.
+Each tile is run once. Blocks are submitted as explicit futures, rows in
+pairs (:meth:`~pipeline.tiling.BlockPlan.in_row_pairs`), a few at a time, so
+memory stays nearly flat whatever the scene size. On CPU workers a model task
+is submitted only while fewer than one per task thread are unfinished, so a
+thread that finishes a block writes it before it starts the next.
 """
 
 from __future__ import annotations
@@ -394,7 +397,8 @@ def run_inference(
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prediction-store") as pool:
         store_ready = pool.submit(create_prediction_store, cube, prediction_url, jobs, options.chunk_px)
         reports = [
-            _run_card(client, cube.info, job, done, use_gpu, slots * options.blocks_in_flight, counter, store_ready)
+            _run_card(client, cube.info, job, done, use_gpu, slots * options.blocks_in_flight, counter, store_ready,
+                      None if use_gpu else slots)
             for job in jobs
         ]
         store_ready.result()
@@ -457,14 +461,22 @@ def _run_card(
     max_in_flight: int,
     progress: _Progress,
     store_ready: concurrent.futures.Future,
+    max_predicting: int | None = None,
 ) -> CardReport:
     """Submit the block tasks of one card, a bounded number of blocks at a time, and wait for them.
 
+    Blocks go in the order of :meth:`~pipeline.tiling.BlockPlan.in_row_pairs`.
     Write tasks are held back until ``store_ready`` (the creation of the
     prediction store) is done, and count towards ``max_in_flight`` meanwhile.
+    With ``max_predicting``, a block's model task is submitted only while
+    fewer model tasks are unfinished. A worker runs the tasks it was sent in
+    order of priority, but is sent a write only after the model task that
+    the write needs has finished. Had it been sent the next model task
+    ahead, a thread that finishes a block would start that task, and the
+    block's sums would wait for their write until a thread is free again.
     """
     plan = job.plan
-    blocks = list(plan)
+    blocks = plan.in_row_pairs()
     done = {block.block_id for block in blocks if f"{job.key}-{block.block_id}" in done_ids}
     needed = {block.block_id for block in blocks if block.block_id not in done}
     for block in blocks:
@@ -475,6 +487,7 @@ def _run_card(
     run = job.run
     overlaps: dict[str, list[distributed.Future]] = {}
     active: set[distributed.Future] = set()
+    predicting: set[distributed.Future] = set()
     results: list[BlockResult] = []
 
     pending_writes: list[tuple[Block, distributed.Future, list[distributed.Future], str, int]] = []
@@ -500,13 +513,15 @@ def _run_card(
         if block.block_id in done and block.block_id not in needed:
             continue
         submit_pending_writes()
-        while len(active) + len(pending_writes) >= max_in_flight:
+        while len(active) + len(pending_writes) >= max_in_flight or (
+                max_predicting is not None and len(predicting) >= max_predicting):
             if pending_writes:
                 submit_pending_writes(wait=True)
                 continue
-            finished = distributed.wait(active, return_when="FIRST_COMPLETED").done
+            finished = distributed.wait(active | predicting, return_when="FIRST_COMPLETED").done
+            predicting -= finished
+            collect(finished & active)
             active -= finished
-            collect(finished)
 
         name = f"{job.key}-{block.block_id}-{run}"
         if use_gpu:
@@ -524,6 +539,8 @@ def _run_card(
             prediction = client.submit(
                 read_and_predict_block, job, block, cube, key=f"predict-{name}", priority=-2 * index
             )
+            if max_predicting is not None:
+                predicting.add(prediction)
         # One overlap task per part of the footprint outside the block: the
         # strip below serves the blocks below and diagonally below alike.
         for region, targets in plan.spill_regions(block):
@@ -543,6 +560,7 @@ def _run_card(
         del prediction
 
     submit_pending_writes(wait=True)
+    predicting.clear()
     while active:
         finished = distributed.wait(active, return_when="FIRST_COMPLETED").done
         active -= finished

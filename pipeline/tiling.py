@@ -333,6 +333,30 @@ class BlockPlan:
             for col in range(cols):
                 yield self.block(row, col)
 
+    def in_row_pairs(self) -> list[Block]:
+        """Return every block, rows taken in pairs and the lower row one block behind the upper one.
+
+        ``(0, 0), (0, 1), (1, 0), (0, 2), (1, 1), ...``, the order in which
+        the inference stage submits blocks. Each block comes after the blocks
+        whose tiles spill into it, so it can be written as soon as it is
+        predicted. Two blocks next to each other in this order, as two task
+        threads take them, need nothing of each other except at the start of
+        a pair of rows. In row-major order the second of two such blocks
+        waits for the first's overlap before it can be written, and holds its
+        blend sums meanwhile. The strips below the upper row are taken by the
+        lower row a block later, so only those below the lower row wait for
+        the next pair.
+        """
+        rows, cols = self.shape
+        order = []
+        for top in range(0, rows, 2):
+            for col in range(cols + 1):
+                if col < cols:
+                    order.append(self.block(top, col))
+                if col > 0 and top + 1 < rows:
+                    order.append(self.block(top + 1, col - 1))
+        return order
+
     def __len__(self) -> int:
         rows, cols = self.shape
         return rows * cols

@@ -20,6 +20,7 @@ import torch
 import xarray as xr
 import zarr
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
+from distributed.diagnostics.plugin import SchedulerPlugin
 
 import pipeline.model
 from pipeline.model import bfloat16_available, load_card
@@ -310,6 +311,40 @@ def test_cpu_model_tasks_read_their_blocks(client, cube, tmp_path):
     assert kinds.count("predict") == 20
     assert kinds.count("write") == 20
     assert "read" not in kinds
+
+
+class _UnfinishedModelTasks(SchedulerPlugin):
+    """Scheduler plugin that records the largest number of model tasks unfinished at once."""
+
+    name = "unfinished-model-tasks"
+
+    def __init__(self) -> None:
+        self.unfinished: set[str] = set()
+        self.max_unfinished = 0
+
+    def transition(self, key, start, finish, *args, **kwargs) -> None:
+        if not str(key).startswith("predict-"):
+            return
+        if finish in ("memory", "erred", "released", "forgotten"):
+            self.unfinished.discard(key)
+        else:
+            self.unfinished.add(key)
+            self.max_unfinished = max(self.max_unfinished, len(self.unfinished))
+
+
+def test_cpu_model_tasks_per_thread(client, cube, tmp_path):
+    # Two workers of two threads: four model tasks at most, though eight blocks may be in flight.
+    scheduler = client.cluster.scheduler
+    tracker = _UnfinishedModelTasks()
+    scheduler.add_plugin(tracker)
+    try:
+        report = run_inference(client, cube, str(tmp_path / "obs-1.zarr"), [TinyViTCard()], OPTIONS)
+    finally:
+        scheduler.remove_plugin(name=tracker.name)
+
+    assert report.blocks_done == 20
+    assert 1 < tracker.max_unfinished <= 4
+    assert not tracker.unfinished
 
 
 @pytest.fixture(scope="module")

@@ -262,6 +262,25 @@ def test_spill_regions_cover_outside_once(height, width, tile, overlap, block_px
         assert sorted(t.block_id for t in listed) == sorted(t.block_id for t in plan.spill_targets(block))
 
 
+def test_row_pairs_order():
+    plan = plan_blocks(tile_grid(150, 97, 32, 8), 32, 32)  # 5 x 4 blocks
+    assert [(block.row, block.col) for block in plan.in_row_pairs()] == [
+        (0, 0), (0, 1), (1, 0), (0, 2), (1, 1), (0, 3), (1, 2), (1, 3),
+        (2, 0), (2, 1), (3, 0), (2, 2), (3, 1), (2, 3), (3, 2), (3, 3),
+        (4, 0), (4, 1), (4, 2), (4, 3),
+    ]
+
+
+@pytest.mark.parametrize(("height", "width"), [(1, 1), (32, 97), (150, 32), (64, 64), (150, 97), (97, 150)])
+def test_row_pairs_after_spill_sources(height, width):
+    plan = plan_blocks(tile_grid(height, width, 32, 8), 32, 32)
+    order = [block.block_id for block in plan.in_row_pairs()]
+    assert sorted(order) == sorted(block.block_id for block in plan)
+    for position, block_id in enumerate(order):
+        block = next(block for block in plan if block.block_id == block_id)
+        assert all(order.index(source.block_id) < position for source in plan.spill_sources(block))
+
+
 def test_block_plan_empty_edge_block():
     # The last block row (1024..1030) owns no tile: tile 5 (960..1216) of the first block covers it.
     plan = plan_blocks(tile_grid(1030, 300, 256, 64), 1024, 512)
