@@ -136,6 +136,7 @@ def read_block(
     footprint: tuple[int, int, int, int],
     block: tuple[int, int, int, int] | None = None,
     run: str | None = None,
+    largest_footprint: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Read reflectance ``(band, y, x)`` int16 of a footprint ``(y0, y1, x0, x1)`` from the cube.
 
@@ -144,7 +145,10 @@ def read_block(
     worker process (:mod:`pipeline.chunk_cache`), up to the number of halo
     chunks of one block, whatever the scene's width. With a ``run`` token the
     cube's array is also opened only once per run and process
-    (:mod:`pipeline.array_cache`).
+    (:mod:`pipeline.array_cache`). Given the ``largest_footprint`` (height,
+    width) of the run's blocks, a new buffer for the read is made that large,
+    so that the process's pool (:mod:`pipeline.scratch`) can hand it out again
+    for any block.
     """
     y0, y1, x0, x1 = footprint
     array = array_cache.open_array(cube.url, layout.REFLECTANCE_VAR, "r", dict(cube.storage_options), run)
@@ -161,8 +165,9 @@ def read_block(
     halo_chunks = math.ceil((block_y1 - block_y0) / chunk_y) + math.ceil((block_x1 - block_x0) / chunk_x) + 1
     keep_below = math.ceil(array.shape[2] / chunk_x) <= halo_chunks
     limit_bytes = halo_chunks * array.dtype.itemsize * math.prod(array.chunks)
+    capacity = bands * math.prod(largest_footprint) * array.dtype.itemsize if largest_footprint else 0
     return chunk_cache.read_region_cached(
-        array, (cube.url, run), footprint, block, limit_bytes, keep_below=keep_below
+        array, (cube.url, run), footprint, block, limit_bytes, keep_below=keep_below, capacity=capacity
     )
 
 
@@ -270,8 +275,11 @@ class BlendAccumulator:
     is clamped to ``[-LOGIT_LIMIT, LOGIT_LIMIT]``.
     """
 
-    def __init__(self, footprint: tuple[int, int, int, int], window: np.ndarray, name: str) -> None:
+    def __init__(self, footprint: tuple[int, int, int, int], window: np.ndarray, name: str,
+                 largest_footprint: tuple[int, int] | None = None) -> None:
         self.y0, self.y1, self.x0, self.x1 = footprint
+        # New buffers for the sums fit the largest footprint of the run, so that the pool hands them out again.
+        self._largest_px = math.prod(largest_footprint) if largest_footprint else 0
         self.window = np.ascontiguousarray(window, dtype=np.int32)
         self.name = name
         # The sums start undefined. The first tile over a pixel stores its
@@ -308,7 +316,10 @@ class BlendAccumulator:
             If the logits contain NaN, or a pixel's largest logit is infinite.
         """
         if self._logit_sum is None:
-            self._logit_sum = scratch.BLOCK_ARRAYS.empty((logits.shape[0], *self._weight_sum.shape), np.int32)
+            self._logit_sum = scratch.BLOCK_ARRAYS.empty(
+                (logits.shape[0], *self._weight_sum.shape), np.int32,
+                capacity=logits.shape[0] * self._largest_px * np.dtype(np.int32).itemsize,
+            )
         height = min(self.window.shape[0], scene_shape[0] - tile.y0)
         width = min(self.window.shape[1], scene_shape[1] - tile.x0)
         # The compiled loop does not check bounds, so this does.
@@ -399,7 +410,7 @@ def predict_block(job: CardJob, block: Block, data: np.ndarray, cube: CubeInfo) 
     model = model_for(job.card, job.fingerprint, device)
     tile_input = _TileInput.for_card(job.card, wavelengths_um)
     window = blend_window(tile_px, plan.grid.overlap_px)
-    accumulator = BlendAccumulator(footprint, window, getattr(job.card, "name", "?"))
+    accumulator = BlendAccumulator(footprint, window, getattr(job.card, "name", "?"), plan.largest_footprint)
     batch_size = max(2, job.batch_size)
     buffer = np.empty((batch_size, data.shape[0], tile_px, tile_px), dtype=np.float32)
     single_tiles = False
@@ -456,7 +467,7 @@ def read_and_predict_block(job: CardJob, block: Block, cube: CubeInfo) -> BlockP
     per-task work, and the footprint is read only when a thread is free to
     predict it, not held in memory while the block waits.
     """
-    data = read_block(cube, job.plan.footprint(block), block.region, job.run)
+    data = read_block(cube, job.plan.footprint(block), block.region, job.run, job.plan.largest_footprint)
     return predict_block(job, block, data, cube)
 
 

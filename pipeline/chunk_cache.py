@@ -111,6 +111,7 @@ def read_region_cached(
     limit_bytes: int,
     cache: ChunkCache = CHUNKS,
     keep_below: bool = True,
+    capacity: int = 0,
 ) -> np.ndarray:
     """Read ``array[:, y0:y1, x0:x1]`` of a ``(band, y, x)`` zarr array chunk by chunk through ``cache``.
 
@@ -132,11 +133,14 @@ def read_region_cached(
         Whether to cache the chunks below ``own`` that do not reach right of
         it, which only the next row of blocks reads. Without them the cache
         holds only what the next block of the row reads.
+    capacity
+        Minimum size in bytes of a new buffer for the output, if the
+        process's pool (:mod:`pipeline.scratch`) makes one.
     """
     y0, y1, x0, x1 = footprint
     bands, height, width = array.shape
     _, chunk_y, chunk_x = array.chunks
-    out = scratch.BLOCK_ARRAYS.empty((bands, y1 - y0, x1 - x0), array.dtype)
+    out = scratch.BLOCK_ARRAYS.empty((bands, y1 - y0, x1 - x0), array.dtype, capacity=capacity)
     access = chunk_io.chunk_access(array)
     for row, row_start, row_stop in chunk_ranges(y0, y1, chunk_y, height):
         for col, col_start, col_stop in chunk_ranges(x0, x1, chunk_x, width):

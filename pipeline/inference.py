@@ -528,7 +528,7 @@ def _run_card(
             # The read is a task without the GPU resource, so that a GPU
             # worker reads the next block while its model task runs.
             data = client.submit(
-                read_block, cube, plan.footprint(block), block.region, run,
+                read_block, cube, plan.footprint(block), block.region, run, plan.largest_footprint,
                 key=f"read-{name}", priority=-2 * index,
             )
             prediction = client.submit(

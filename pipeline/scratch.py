@@ -63,23 +63,32 @@ class ArrayPool:
         self._buffers: list[np.ndarray] = []
         self._lock = threading.Lock()
 
-    def empty(self, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
-        """Return an array of ``shape`` and ``dtype`` whose values are undefined, as :func:`numpy.empty`."""
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype | type, capacity: int = 0) -> np.ndarray:
+        """Return an array of ``shape`` and ``dtype`` whose values are undefined, as :func:`numpy.empty`.
+
+        A new buffer gets at least ``capacity`` bytes. Callers pass the size
+        of the largest array of its kind that they will ask for, so that one
+        buffer serves every array of that kind. The blocks of a scene differ
+        in size by the reach of their tiles. Without it, an unused buffer too
+        small for the next block would be kept beside a new one.
+        """
         dtype = np.dtype(dtype)
         nbytes = math.prod(shape) * dtype.itemsize
-        if nbytes < self.min_bytes:
+        size = max(nbytes, capacity)
+        if size < self.min_bytes:
             return np.empty(shape, dtype)
         with self._lock:
             unused = [index for index in range(len(self._buffers)) if _references(self._buffers, index) == _UNUSED]
-            # The smallest unused buffer that is large enough, but not
-            # one of more than twice the size needed.
-            fitting = [index for index in unused if nbytes <= self._buffers[index].nbytes <= 2 * nbytes]
+            # The smallest unused buffer that is large enough. One more than a
+            # quarter larger is kept for arrays of its own kind (blend sums
+            # are larger than the reflectance).
+            fitting = [index for index in unused if nbytes <= self._buffers[index].nbytes <= size + size // 4]
             if fitting:
                 chosen = min(fitting, key=lambda index: self._buffers[index].nbytes)
                 unused.remove(chosen)
                 buffer = self._buffers[chosen]
             else:
-                buffer = np.empty(nbytes, np.uint8)
+                buffer = np.empty(size, np.uint8)
                 if len(self._buffers) < self.max_buffers:
                     self._buffers.append(buffer)
                 elif unused:

@@ -376,6 +376,12 @@ class BlockPlan:
             x1 = max(x1, min(self.grid.origins_x[block.tile_cols[-1]] + tile, self.grid.width))
         return block.y0, y1, block.x0, x1
 
+    @functools.cached_property
+    def largest_footprint(self) -> tuple[int, int]:
+        """Return the largest height and width of any block's :meth:`footprint`."""
+        footprints = [self.footprint(block) for block in self]
+        return max(y1 - y0 for y0, y1, _, _ in footprints), max(x1 - x0 for _, _, x0, x1 in footprints)
+
     def tiles(self, block: Block) -> list[Tile]:
         """Return the tiles the block owns, in row-major order."""
         stride = self.grid.stride_px

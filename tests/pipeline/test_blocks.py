@@ -117,7 +117,7 @@ def test_tile_past_scene_edge_is_cropped():
 def garbage_buffers(monkeypatch):
     """Make the sums start as garbage, as a reused buffer can, instead of the zeros fresh memory often has."""
 
-    def empty(shape, dtype):
+    def empty(shape, dtype, capacity=0):
         return np.full(shape, 12345, dtype)
 
     monkeypatch.setattr(scratch.BLOCK_ARRAYS, "empty", empty)

@@ -36,6 +36,28 @@ def test_pool_array_in_larger_buffer():
     assert pool.nbytes == 600
 
 
+def test_pool_capacity_serves_larger_arrays():
+    pool = ArrayPool(max_buffers=4, min_bytes=1)
+    edge = pool.empty((3, 10, 8), np.int32, capacity=3 * 12 * 12 * 4)  # an edge block's sums
+    assert pool.nbytes == 3 * 12 * 12 * 4
+    del edge
+    interior = pool.empty((3, 12, 12), np.int32)
+    assert pool.nbytes == 3 * 12 * 12 * 4
+    interior[:] = 5
+    assert int(interior.sum()) == 5 * 3 * 12 * 12
+
+
+def test_pool_keeps_buffers_for_their_kind():
+    pool = ArrayPool(max_buffers=4, min_bytes=1)
+    sums = pool.empty((3, 12, 12), np.int32)  # 1728 bytes
+    del sums
+    reflectance = pool.empty((4, 12, 12), np.int16)  # 1152 bytes: the sums' buffer is over a quarter larger
+    assert pool.nbytes == 1728 + 1152
+    sums = pool.empty((3, 12, 12), np.int32)
+    assert not np.shares_memory(sums, reflectance)
+    assert pool.nbytes == 1728 + 1152
+
+
 def test_pool_keeps_at_most_max_buffers():
     pool = ArrayPool(max_buffers=2, min_bytes=1)
     arrays = [pool.empty((10, 10), np.float32) for _ in range(5)]

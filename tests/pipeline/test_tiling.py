@@ -262,6 +262,16 @@ def test_spill_regions_cover_outside_once(height, width, tile, overlap, block_px
         assert sorted(t.block_id for t in listed) == sorted(t.block_id for t in plan.spill_targets(block))
 
 
+@pytest.mark.parametrize(
+    ("height", "width", "largest"),
+    [(2048, 2048, (1216, 1216)), (4096, 4096, (1216, 1216)), (1030, 300, (1030, 300)), (100, 100, (100, 100))],
+)
+def test_largest_footprint(height, width, largest):
+    plan = plan_blocks(tile_grid(height, width, 256, 64), 1024, 512)
+    assert plan.largest_footprint == largest
+    assert all(y1 - y0 <= largest[0] and x1 - x0 <= largest[1] for y0, y1, x0, x1 in map(plan.footprint, plan))
+
+
 def test_row_pairs_order():
     plan = plan_blocks(tile_grid(150, 97, 32, 8), 32, 32)  # 5 x 4 blocks
     assert [(block.row, block.col) for block in plan.in_row_pairs()] == [
