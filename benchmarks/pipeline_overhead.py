@@ -13,12 +13,18 @@ For each model and scene size this script
    prediction store (all reads, blending and writes included), alternating
    with the model-alone passes;
 4. three times, returns the worker's freed heap to the kernel (glibc
-   ``malloc_trim``) and runs the stage once more, sampling the worker's RSS
-   every 0.1 s: the highest peak is the memory figure;
-5. repeats step 4 in fresh clusters (``--memory-clusters``, 5 in all by
-   default), each after one stage run that loads the model, and reports each
-   cluster's highest peak and their median. A fresh worker's memory after
-   start-up varies by up to about 100 MB from one cluster to the next.
+   ``malloc_trim``) and runs the stage once more, measuring the worker's
+   peak RSS (the kernel's record of it, reset before the run, and samples
+   every 0.1 s): the highest peak is the timed cluster's memory figure;
+5. after all sizes of a model, measures memory in fresh clusters
+   (``--memory-clusters``, 5 by default). Each runs the stage once per size
+   (this loads the model), then three times per size in turn, each run after
+   ``malloc_trim`` and measured as in step 4. It reports each cluster's highest
+   peak per size, the growth from the smallest to the largest size within
+   each cluster, and the medians. A fresh worker's memory after start-up
+   varies by up to about 100 MB from one cluster to the next, so sizes
+   compared in one worker show the growth with less noise than sizes
+   compared across clusters.
 
 Overhead ratio = stage wall seconds / (pure seconds per tile x tiles the
 stage ran), from the best stage run and the best model pass. The median of
@@ -197,31 +203,68 @@ def pure_model_seconds(card, cube_url: str, tile_px: int, overlap_px: int, batch
     }
 
 
+def _peak_rss(pid: int) -> int | None:
+    """Return the kernel's record of the process's peak RSS in bytes (``VmHWM``), or ``None`` if unreadable."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss(pid: int) -> bool:
+    """Reset the kernel's record of the process's peak RSS to its current RSS; return whether that worked."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        return False
+    return True
+
+
 class RssSampler:
-    """Samples the summed RSS of some processes every ``interval_s`` in a thread."""
+    """Measures the peak of the summed RSS of some processes while the ``with`` block runs.
+
+    On Linux the kernel records each process's peak RSS (``VmHWM``), which
+    writing 5 to ``/proc/<pid>/clear_refs`` resets. That record catches
+    peaks between samples. A thread also samples the RSS every
+    ``interval_s``, and :attr:`peak` is the larger of the two. With several
+    processes the sum of their recorded peaks is an upper bound.
+    """
 
     def __init__(self, pids: list[int], interval_s: float = 0.1) -> None:
         import psutil
 
+        self.pids = pids
         self.processes = [psutil.Process(pid) for pid in pids]
         self.interval_s = interval_s
         self.peak = 0
+        self.sampled_peak = 0
+        self.recorded_peak: int | None = None
         self.start = sum(process.memory_info().rss for process in self.processes)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, sum(process.memory_info().rss for process in self.processes))
+            self.sampled_peak = max(self.sampled_peak, sum(process.memory_info().rss for process in self.processes))
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> RssSampler:
+        self._recorded = all([_reset_peak_rss(pid) for pid in self.pids])
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        recorded = [_peak_rss(pid) for pid in self.pids]
+        if self._recorded and None not in recorded:
+            self.recorded_peak = sum(recorded)
+        self.peak = max(self.sampled_peak, self.recorded_peak or 0)
 
 
 def _release_free_heap() -> int:
@@ -263,24 +306,61 @@ def _cpu_seconds(pids: list[int]) -> float:
     return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
 
 
-def run_one(model_name: str, size: int, work: Path, block_px: int, check: bool, repeat: int,
-            dask_threads: int = THREADS, stage_threads: int | None = THREADS, probabilities: bool = True,
-            blocks_in_flight: int | None = None, memory_clusters: int = 5) -> dict:
+def _stage_setup(model_name: str, block_px: int, stage_threads: int | None, probabilities: bool,
+                 blocks_in_flight: int | None):
+    """Return the peer model's card and the stage's options for this benchmark."""
     import cloudpickle
 
-    from pipeline import layout
-    from pipeline.inference import InferenceOptions, run_inference
+    from pipeline.inference import InferenceOptions
 
     sys.path.insert(0, str(PEERS_DIR))
     import model as peer_models
 
     cloudpickle.register_pickle_by_value(peer_models)
-    cube = make_cube(size, work, chunk_px=512)
     card = PeerModelCard(model_name, name=f"peer-{model_name}")
     options = InferenceOptions(overlap_px=64, block_px=block_px, chunk_px=512, batch_size=8,
                                threads_per_worker=stage_threads, class_probabilities=probabilities)
     if blocks_in_flight is not None:
         options = dataclasses.replace(options, blocks_in_flight=blocks_in_flight)
+    return card, options
+
+
+def memory_in_fresh_clusters(model_name: str, sizes: list[int], work: Path, clusters: int, dask_threads: int,
+                             setup: dict) -> dict[int, list[float]]:
+    """Return each size's peak worker RSS in MB in each of ``clusters`` fresh clusters (step 5 above)."""
+    from pipeline.inference import run_inference
+
+    card, options = _stage_setup(model_name, **setup)
+    cubes = {size: make_cube(size, work, chunk_px=512) for size in sizes}
+    outputs = {size: work / f"pred_{model_name}_{size}.zarr" for size in sizes}
+    peaks: dict[int, list[float]] = {size: [] for size in sizes}
+    for _ in range(clusters):
+        with _worker_cluster(dask_threads) as client:
+            worker_pids = list(client.run(os.getpid).values())
+            for size in sizes:
+                subprocess.run(["rm", "-rf", str(outputs[size])], check=True)
+                run_inference(client, cubes[size], str(outputs[size]), [card], options)
+            cluster_peaks: dict[int, int] = {size: 0 for size in sizes}
+            for _ in range(3):
+                for size in sizes:
+                    client.run(_release_free_heap)
+                    subprocess.run(["rm", "-rf", str(outputs[size])], check=True)
+                    with RssSampler(worker_pids) as run:
+                        run_inference(client, cubes[size], str(outputs[size]), [card], options)
+                    cluster_peaks[size] = max(cluster_peaks[size], run.peak)
+        for size in sizes:
+            peaks[size].append(round(cluster_peaks[size] / 2**20, 1))
+    return peaks
+
+
+def run_one(model_name: str, size: int, work: Path, block_px: int, check: bool, repeat: int,
+            dask_threads: int = THREADS, stage_threads: int | None = THREADS, probabilities: bool = True,
+            blocks_in_flight: int | None = None) -> dict:
+    from pipeline import layout
+    from pipeline.inference import run_inference
+
+    card, options = _stage_setup(model_name, block_px, stage_threads, probabilities, blocks_in_flight)
+    cube = make_cube(size, work, chunk_px=512)
     output = work / f"pred_{model_name}_{size}.zarr"
     subprocess.run(["rm", "-rf", str(output)], check=True)
 
@@ -312,17 +392,6 @@ def run_one(model_name: str, size: int, work: Path, block_px: int, check: bool, 
         # is not counted. The highest peak is kept.
         memory_runs = _memory_runs(client, worker_pids, cube, output, card, options)
         memory_run = max(memory_runs, key=lambda run: run.peak)
-
-    # A fresh worker's memory after start-up varies by up to about 100 MB
-    # from one cluster to the next. So the same runs repeat in fresh
-    # clusters, each after one stage run that loads the model.
-    cluster_peaks = [memory_run.peak]
-    for _ in range(memory_clusters - 1):
-        with _worker_cluster(dask_threads) as client:
-            subprocess.run(["rm", "-rf", str(output)], check=True)
-            run_inference(client, cube, str(output), [card], options)
-            runs = _memory_runs(client, list(client.run(os.getpid).values()), cube, output, card, options)
-            cluster_peaks.append(max(run.peak for run in runs))
 
     result = {
         "tool": "fleximo-pipeline run_inference",
@@ -358,8 +427,6 @@ def run_one(model_name: str, size: int, work: Path, block_px: int, check: bool, 
         "worker_peak_rss_mb": round(memory_run.peak / 2**20, 1),
         "worker_peak_rss_mb_memory_runs": [round(run.peak / 2**20, 1) for run in memory_runs],
         "worker_rss_at_start_mb": round(memory_run.start / 2**20, 1),
-        "worker_peak_rss_mb_by_cluster": [round(peak / 2**20, 1) for peak in cluster_peaks],
-        "worker_peak_rss_mb_median_of_clusters": round(float(np.median(cluster_peaks)) / 2**20, 1),
         "worker_peak_rss_mb_timed_runs": round(max(peaks) / 2**20, 1),
         "worker_maxrss_mb": round(max(maxrss_kib.values()) / 1024, 1),
         "matmul_precision": pure["matmul_precision"],
@@ -419,7 +486,7 @@ def main() -> None:
                         help="blocks submitted ahead per model slot (default: the stage's)")
     parser.add_argument("--repeat", type=int, default=2, help="timed runs of the model alone and of the stage; the best is kept")
     parser.add_argument("--memory-clusters", type=int, default=5,
-                        help="clusters whose worker's peak memory is measured, the first the timed one (default: 5)")
+                        help="fresh clusters in which the peak memory of every size is measured (default: 5)")
     args = parser.parse_args()
     if args.memory_clusters < 1:
         parser.error(f"--memory-clusters must be at least 1, got {args.memory_clusters}")
@@ -428,12 +495,23 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     results = Path(args.results) if args.results else work / "results.jsonl"
+    setup = {"block_px": args.block_px, "stage_threads": args.stage_threads,
+             "probabilities": not args.without_probabilities, "blocks_in_flight": args.blocks_in_flight}
     for index, model_name in enumerate(args.models):
+        model_results = []
         for size in args.sizes:
             check = args.check and index == 0 and size == args.sizes[0]
-            result = run_one(model_name, size, work, args.block_px, check, args.repeat, args.dask_threads,
-                             args.stage_threads, not args.without_probabilities, args.blocks_in_flight,
-                             args.memory_clusters)
+            model_results.append(run_one(model_name, size, work, check=check, repeat=args.repeat,
+                                         dask_threads=args.dask_threads, **setup))
+        peaks = memory_in_fresh_clusters(model_name, args.sizes, work, args.memory_clusters, args.dask_threads, setup)
+        smallest, largest = min(args.sizes), max(args.sizes)
+        growth = [100 * (large / small - 1) for small, large in zip(peaks[smallest], peaks[largest])]
+        for result in model_results:
+            result["worker_peak_rss_mb_by_cluster"] = peaks[result["scene_px"]]
+            result["worker_peak_rss_mb_median_of_clusters"] = round(float(np.median(peaks[result["scene_px"]])), 1)
+            if result["scene_px"] == largest and largest != smallest:
+                result["peak_growth_pct_by_cluster"] = {"from_px": smallest, "pct": [round(value, 1) for value in growth]}
+                result["peak_growth_pct_median"] = round(float(np.median(growth)), 1)
             with open(results, "a") as handle:
                 handle.write(json.dumps(result) + "\n")
             print(json.dumps(result))

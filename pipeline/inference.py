@@ -21,7 +21,8 @@ Each tile is run once. Blocks are submitted as explicit futures, rows in
 pairs (:meth:`~pipeline.tiling.BlockPlan.in_row_pairs`), a few at a time, so
 memory stays nearly flat whatever the scene size. On CPU workers a model task
 is submitted only while fewer than one per task thread are unfinished, so a
-thread that finishes a block writes it before it starts the next.
+thread that finishes a block writes it before it starts the next, and only
+``blocks_in_flight - 1`` more blocks per worker may wait for their writes.
 """
 
 from __future__ import annotations
@@ -89,7 +90,9 @@ class InferenceOptions:
         Torch threads per model task on CPU workers; ``None`` gives each task
         thread of a worker an equal share of the worker process's cores.
     blocks_in_flight
-        Blocks submitted ahead per model slot (worker, or GPU); bounds memory.
+        Bounds memory. On GPU workers, the blocks submitted ahead per GPU. On
+        CPU workers each task thread predicts one block at a time, and up to
+        ``blocks_in_flight - 1`` more blocks per worker wait for their write.
     min_patch, max_patch
         Range the resolution-matched patch size is clamped to, in pixels.
     class_probabilities
@@ -337,6 +340,11 @@ def run_inference(
     manifest = Manifest.load(manifest_url, dict(cube.storage_options)) if manifest_url else None
     observation = Path(prediction_url.rstrip("/")).name.removesuffix(".zarr")
     use_gpu, slots, threads = _cluster_layout(client, options)
+    if use_gpu:
+        max_in_flight, max_predicting = slots * options.blocks_in_flight, None
+    else:
+        workers = len(client.scheduler_info(n_workers=-1)["workers"])
+        max_in_flight, max_predicting = slots + workers * (options.blocks_in_flight - 1), slots
     if options.precision == "bfloat16":
         _check_bfloat16_on_workers(client, use_gpu)
 
@@ -397,8 +405,7 @@ def run_inference(
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prediction-store") as pool:
         store_ready = pool.submit(create_prediction_store, cube, prediction_url, jobs, options.chunk_px)
         reports = [
-            _run_card(client, cube.info, job, done, use_gpu, slots * options.blocks_in_flight, counter, store_ready,
-                      None if use_gpu else slots)
+            _run_card(client, cube.info, job, done, use_gpu, max_in_flight, counter, store_ready, max_predicting)
             for job in jobs
         ]
         store_ready.result()

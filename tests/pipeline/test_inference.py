@@ -313,29 +313,36 @@ def test_cpu_model_tasks_read_their_blocks(client, cube, tmp_path):
     assert "read" not in kinds
 
 
-class _UnfinishedModelTasks(SchedulerPlugin):
-    """Scheduler plugin that records the largest number of model tasks unfinished at once."""
+class _BlocksInFlight(SchedulerPlugin):
+    """Scheduler plugin that records the most model tasks unfinished, and blocks unwritten, at once."""
 
-    name = "unfinished-model-tasks"
+    name = "blocks-in-flight"
 
     def __init__(self) -> None:
         self.unfinished: set[str] = set()
+        self.unwritten: set[str] = set()
         self.max_unfinished = 0
+        self.max_unwritten = 0
 
     def transition(self, key, start, finish, *args, **kwargs) -> None:
-        if not str(key).startswith("predict-"):
-            return
-        if finish in ("memory", "erred", "released", "forgotten"):
-            self.unfinished.discard(key)
-        else:
-            self.unfinished.add(key)
-            self.max_unfinished = max(self.max_unfinished, len(self.unfinished))
+        kind, _, block = str(key).partition("-")
+        done = finish in ("memory", "erred", "released", "forgotten")
+        if kind == "predict":
+            if done:
+                self.unfinished.discard(block)
+            else:
+                self.unfinished.add(block)
+                self.unwritten.add(block)
+        elif kind == "write" and done:
+            self.unwritten.discard(block)
+        self.max_unfinished = max(self.max_unfinished, len(self.unfinished))
+        self.max_unwritten = max(self.max_unwritten, len(self.unwritten))
 
 
 def test_cpu_model_tasks_per_thread(client, cube, tmp_path):
-    # Two workers of two threads: four model tasks at most, though eight blocks may be in flight.
+    # Two workers of two threads: four model tasks, and two more blocks waiting for their writes.
     scheduler = client.cluster.scheduler
-    tracker = _UnfinishedModelTasks()
+    tracker = _BlocksInFlight()
     scheduler.add_plugin(tracker)
     try:
         report = run_inference(client, cube, str(tmp_path / "obs-1.zarr"), [TinyViTCard()], OPTIONS)
@@ -344,7 +351,9 @@ def test_cpu_model_tasks_per_thread(client, cube, tmp_path):
 
     assert report.blocks_done == 20
     assert 1 < tracker.max_unfinished <= 4
+    assert tracker.max_unwritten <= 6
     assert not tracker.unfinished
+    assert not tracker.unwritten
 
 
 @pytest.fixture(scope="module")
