@@ -226,7 +226,7 @@ def _reset_peak_rss(pid: int) -> bool:
 
 
 class RssSampler:
-    """Measures the peak of the summed RSS of some processes while the ``with`` block runs.
+    """Context manager for the peak of the summed RSS of some processes while its ``with`` block runs.
 
     On Linux the kernel records each process's peak RSS (``VmHWM``), which
     writing 5 to ``/proc/<pid>/clear_refs`` resets. That record catches
@@ -244,6 +244,7 @@ class RssSampler:
         self.peak = 0
         self.sampled_peak = 0
         self.recorded_peak: int | None = None
+        self._recorded = False
         self.start = sum(process.memory_info().rss for process in self.processes)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)

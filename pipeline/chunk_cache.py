@@ -9,9 +9,9 @@ the cache. Each block runs after the blocks above it and to its left (see
 :meth:`pipeline.tiling.BlockPlan.in_row_pairs`) and halos reach down and
 right, so the last reader is the block that holds the chunk's last pixel.
 Each read passes a byte limit, and past it the oldest entries go, so the
-callers bound memory by the limit they pass. A read can also leave out the chunks that only
-the next row of blocks reads, on scenes where they would be evicted before
-that row reads them.
+callers bound memory by the limit they pass. A read can also leave out the
+chunks that only the next row of blocks reads, on scenes where they would be
+evicted before that row reads them.
 
 Entries belong to one run: a read of another run first drops them all, so a
 run never reads chunks of an earlier one, even if the store was rewritten in

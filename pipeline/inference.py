@@ -230,8 +230,8 @@ def _token_grid(card: Any) -> int:
     return int(rows)
 
 
-def _cluster_layout(client: distributed.Client, options: InferenceOptions) -> tuple[bool, int, int | None]:
-    """Return (workers advertise GPUs, model slots, torch threads per model task on CPU).
+def _cluster_layout(client: distributed.Client, options: InferenceOptions) -> tuple[bool, int, int | None, int]:
+    """Return (workers advertise GPUs, model slots, torch threads per model task on CPU, number of workers).
 
     On GPU workers a slot is one GPU. On CPU workers every task thread is a
     slot: block tasks run the model side by side, and each gets an equal share
@@ -256,7 +256,7 @@ def _cluster_layout(client: distributed.Client, options: InferenceOptions) -> tu
             for address, cores in cores_by_host.items()
         ]
         threads = min(shares)
-    return gpus > 0, (gpus if gpus else task_threads), threads
+    return gpus > 0, (gpus if gpus else task_threads), threads, len(workers)
 
 
 def _check_bfloat16_on_workers(client: distributed.Client, use_gpu: bool) -> None:
@@ -339,11 +339,10 @@ def run_inference(
     manifest_url = _manifest_url(manifest_url)
     manifest = Manifest.load(manifest_url, dict(cube.storage_options)) if manifest_url else None
     observation = Path(prediction_url.rstrip("/")).name.removesuffix(".zarr")
-    use_gpu, slots, threads = _cluster_layout(client, options)
+    use_gpu, slots, threads, workers = _cluster_layout(client, options)
     if use_gpu:
         max_in_flight, max_predicting = slots * options.blocks_in_flight, None
     else:
-        workers = len(client.scheduler_info(n_workers=-1)["workers"])
         max_in_flight, max_predicting = slots + workers * (options.blocks_in_flight - 1), slots
     if options.precision == "bfloat16":
         _check_bfloat16_on_workers(client, use_gpu)
@@ -484,6 +483,8 @@ def _run_card(
     """
     plan = job.plan
     blocks = plan.in_row_pairs()
+    # Computed once here: the cached value then travels with the plan to every task.
+    largest_footprint = plan.largest_footprint
     done = {block.block_id for block in blocks if f"{job.key}-{block.block_id}" in done_ids}
     needed = {block.block_id for block in blocks if block.block_id not in done}
     for block in blocks:
@@ -535,7 +536,7 @@ def _run_card(
             # The read is a task without the GPU resource, so that a GPU
             # worker reads the next block while its model task runs.
             data = client.submit(
-                read_block, cube, plan.footprint(block), block.region, run, plan.largest_footprint,
+                read_block, cube, plan.footprint(block), block.region, run, largest_footprint,
                 key=f"read-{name}", priority=-2 * index,
             )
             prediction = client.submit(

@@ -79,9 +79,9 @@ class ArrayPool:
             return np.empty(shape, dtype)
         with self._lock:
             unused = [index for index in range(len(self._buffers)) if _references(self._buffers, index) == _UNUSED]
-            # The smallest unused buffer that is large enough. One more than a
-            # quarter larger is kept for arrays of its own kind (blend sums
-            # are larger than the reflectance).
+            # The smallest unused buffer that is large enough. Buffers more than
+            # a quarter larger are left for arrays of their own kind, because
+            # blend sums are larger than the reflectance.
             fitting = [index for index in unused if nbytes <= self._buffers[index].nbytes <= size + size // 4]
             if fitting:
                 chosen = min(fitting, key=lambda index: self._buffers[index].nbytes)

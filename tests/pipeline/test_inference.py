@@ -314,7 +314,7 @@ def test_cpu_model_tasks_read_their_blocks(client, cube, tmp_path):
 
 
 class _BlocksInFlight(SchedulerPlugin):
-    """Scheduler plugin that records the most model tasks unfinished, and blocks unwritten, at once."""
+    """Scheduler plugin that records the largest numbers of unfinished model tasks and unwritten blocks."""
 
     name = "blocks-in-flight"
 
